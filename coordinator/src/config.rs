@@ -1,0 +1,219 @@
+//! Settings of CONTRACT §6, parsed once at start-up. Every setting is an environment variable
+//! and the matching `--flag`; defaults suit a developer's machine.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// The coordinator's settings.
+#[derive(Parser, Clone)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "The payment coordinator (gRPC)"
+)]
+pub struct Settings {
+    /// gRPC address.
+    #[arg(long, env = "COORDINATOR_LISTEN", default_value = "127.0.0.1:50051")]
+    pub coordinator_listen: SocketAddr,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/payments"
+    )]
+    pub database_url: String,
+
+    /// Redis URL (a `/N` database number is honoured).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// The gateway's base URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:12111")]
+    pub gateway_url: String,
+
+    /// The gateway's secret key.
+    #[arg(
+        long,
+        env = "GATEWAY_API_KEY",
+        default_value = "sk_test_local",
+        hide_env_values = true
+    )]
+    pub gateway_api_key: Secret,
+
+    /// Callers' keys: TOML `[[keys]]` tables with `id`, `role`, `sha256`.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Developer mode: without API_KEYS_FILE, generate and print a key per role.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Local journal for outcomes that could not reach PostgreSQL.
+    #[arg(long, env = "JOURNAL_DIR", default_value = "./journal")]
+    pub journal_dir: PathBuf,
+
+    /// Prometheus `/metrics` address.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+
+    /// This replica's name in leases and events (default: the host name).
+    #[arg(long, env = "REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// `two_phase` (create, persist the intent id, confirm) or `one_shot`.
+    #[arg(long, env = "GATEWAY_FLOW", default_value = "two_phase")]
+    pub gateway_flow: gateway_client::Flow,
+
+    /// What the gateway supports: `idempotency`, `lookup`, `cancel` (comma-separated), or `none`.
+    #[arg(
+        long,
+        env = "GATEWAY_CAPABILITIES",
+        default_value = "idempotency,lookup,cancel"
+    )]
+    pub gateway_capabilities: gateway_client::Capabilities,
+
+    /// How long one gateway call may take before its outcome counts as unknown.
+    #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub gateway_timeout_ms: u64,
+
+    /// An order lease's time to live; the holder renews it well before it runs out.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+
+    /// Where traces go (OTLP); unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+}
+
+impl Settings {
+    /// The replica name: `REPLICA_ID`, else the host name.
+    pub fn replica(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(|| {
+            gethostname::gethostname()
+                .into_string()
+                .unwrap_or_else(|_| "coordinator".to_owned())
+        })
+    }
+
+    pub fn gateway_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway_timeout_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+/// A secret setting: its value never appears in `Debug` output, logs or `--help`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // DATABASE_URL may carry a password: show only that it is set.
+        f.debug_struct("Settings")
+            .field("coordinator_listen", &self.coordinator_listen)
+            .field("database_url", &redact_url_password(&self.database_url))
+            .field("redis_url", &redact_url_password(&self.redis_url))
+            .field("gateway_url", &self.gateway_url)
+            .field("gateway_api_key", &self.gateway_api_key)
+            .field("api_keys_file", &self.api_keys_file)
+            .field("dev", &self.dev)
+            .field("journal_dir", &self.journal_dir)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("replica_id", &self.replica_id)
+            .field("gateway_flow", &self.gateway_flow)
+            .field("gateway_capabilities", &self.gateway_capabilities)
+            .field("gateway_timeout_ms", &self.gateway_timeout_ms)
+            .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field(
+                "otel_exporter_otlp_endpoint",
+                &self.otel_exporter_otlp_endpoint,
+            )
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:****@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Settings {
+        let mut argv = vec!["coordinator"];
+        argv.extend_from_slice(args);
+        Settings::try_parse_from(argv).expect("settings parse")
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = parse(&[]);
+        assert_eq!(s.coordinator_listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.gateway_flow, gateway_client::Flow::TwoPhase);
+        assert_eq!(
+            s.gateway_capabilities.to_string(),
+            "idempotency,lookup,cancel"
+        );
+        assert_eq!(s.gateway_timeout(), Duration::from_secs(10));
+        assert_eq!(s.lease_ttl(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_flow_and_capabilities_are_refused() {
+        let bad_flow = Settings::try_parse_from(["coordinator", "--gateway-flow", "three_phase"]);
+        assert!(bad_flow.is_err());
+        let bad_caps =
+            Settings::try_parse_from(["coordinator", "--gateway-capabilities", "lookup,teleport"]);
+        assert!(bad_caps.is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let s = parse(&[
+            "--gateway-api-key",
+            "sk_live_supersecret",
+            "--database-url",
+            "postgres://app:hunter2@db:5432/payments",
+        ]);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:****@db:5432/payments"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The payment coordinator: the single source of truth for whether an order may be charged.
+//!
+//! This crate knows everything the others do not: PostgreSQL, Redis, the gRPC API, and how to use
+//! the gateway client safely. See `docs/ARCHITECTURE.md`.
+
+pub mod api;
+pub mod config;
+pub mod server;
+pub mod telemetry;
