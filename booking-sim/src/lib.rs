@@ -1,1 +1,4 @@
-//! placeholder
+//! booking-sim: the gateway simulator (`psp`), and later the scripted sessions, racing
+//! operators, load and chaos drivers that exercise the coordinator from the outside.
+
+pub mod psp;
