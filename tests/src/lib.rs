@@ -1,1 +1,3 @@
-//! placeholder
+//! Helpers shared by the integration tests.
+
+pub mod gateway_sim;
