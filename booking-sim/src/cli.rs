@@ -18,6 +18,24 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway simulator (a subset of Stripe's PaymentIntents API).
     Psp(PspArgs),
+    /// Run a short scripted session against a gateway through gateway-client (a payment, a
+    /// decline, a lost answer recovered by a same-key replay), next to the simulator's ledger.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The gateway simulator's base URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:12111")]
+    pub gateway_url: String,
+    /// The gateway's secret key.
+    #[arg(
+        long,
+        env = "GATEWAY_API_KEY",
+        default_value = "sk_test_local",
+        hide_env_values = true
+    )]
+    pub api_key: String,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +62,13 @@ pub struct PspArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Psp(args) => run_psp(args).await,
+        Command::Demo(args) => {
+            booking_sim::demo::run(booking_sim::demo::DemoArgs {
+                gateway_url: args.gateway_url,
+                api_key: args.api_key,
+            })
+            .await
+        }
     }
 }
 

@@ -1,4 +1,6 @@
 //! booking-sim: the gateway simulator (`psp`), and later the scripted sessions, racing
 //! operators, load and chaos drivers that exercise the coordinator from the outside.
 
+pub mod demo;
 pub mod psp;
+pub mod sim_control;

@@ -8,10 +8,15 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    // The demo narrates on stdout; its gateway calls' logs would only repeat it.
+    let default_level = match cli.command {
+        cli::Command::Demo(_) => "warn",
+        _ => "info",
+    };
     // Logs go to stderr; stdout carries only the "listening on" line, for scripts.
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

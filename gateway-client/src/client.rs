@@ -529,7 +529,13 @@ trait Traced {
 
 impl Traced for Reply<PaymentIntent> {
     fn traced(self, span: &tracing::Span) -> Self {
-        if let Outcome::Succeeded(intent) = &self.outcome {
+        // Only a create learns the intent id; the other calls' spans carry it from the start
+        // (recording it again would print it twice).
+        if let Outcome::Succeeded(intent) = &self.outcome
+            && span
+                .metadata()
+                .is_some_and(|m| m.name() == "gateway.create_intent")
+        {
             span.record("intent_id", intent.id.as_str());
         }
         log_reply(span, &self);
