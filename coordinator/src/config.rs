@@ -29,6 +29,10 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// Prefix of every Redis key this coordinator writes (tests give each run its own).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "payments:")]
+    pub redis_key_prefix: String,
+
     /// The gateway's base URL.
     #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:12111")]
     pub gateway_url: String,
@@ -135,6 +139,7 @@ impl fmt::Debug for Settings {
             .field("coordinator_listen", &self.coordinator_listen)
             .field("database_url", &redact_url_password(&self.database_url))
             .field("redis_url", &redact_url_password(&self.redis_url))
+            .field("redis_key_prefix", &self.redis_key_prefix)
             .field("gateway_url", &self.gateway_url)
             .field("gateway_api_key", &self.gateway_api_key)
             .field("api_keys_file", &self.api_keys_file)

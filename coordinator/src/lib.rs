@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod config;
+pub mod domain;
 pub mod server;
 pub mod telemetry;
