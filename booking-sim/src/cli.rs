@@ -21,6 +21,40 @@ pub enum Command {
     /// Run a short scripted session against a gateway through gateway-client (a payment, a
     /// decline, a lost answer recovered by a same-key replay), next to the simulator's ledger.
     Demo(DemoArgs),
+    /// Simulated operators race to pay a batch of orders across coordinator replicas (public
+    /// gRPC API only), then a table per order next to the simulator's charges.
+    Race(RaceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RaceArgs {
+    /// Coordinator replicas' gRPC URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    pub coordinators: Vec<String>,
+    /// Operators' API keys, comma-separated (env RACE_OPERATOR_KEYS).
+    #[arg(
+        long,
+        env = "RACE_OPERATOR_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    pub operator_keys: Vec<String>,
+    /// The gateway simulator's base URL (for its ledger).
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:12111")]
+    pub gateway_url: String,
+    /// How many orders.
+    #[arg(long, default_value_t = 10)]
+    pub orders: usize,
+    /// How many operators press "pay" on each order at once.
+    #[arg(long, default_value_t = 5)]
+    pub callers: usize,
+    /// Latency the simulator adds to each call, so that the callers overlap.
+    #[arg(long, default_value_t = 300)]
+    pub gateway_latency_ms: u64,
+    /// Order ids are PREFIX-N (default: race-<unix time>).
+    #[arg(long)]
+    pub order_prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +96,25 @@ pub struct PspArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Psp(args) => run_psp(args).await,
+        Command::Race(args) => {
+            let prefix = args.order_prefix.unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                format!("race-{now}")
+            });
+            booking_sim::race::run(booking_sim::race::RaceArgs {
+                coordinators: args.coordinators,
+                operator_keys: args.operator_keys,
+                gateway_url: args.gateway_url,
+                orders: args.orders,
+                callers_per_order: args.callers,
+                gateway_latency_ms: args.gateway_latency_ms,
+                order_prefix: prefix,
+            })
+            .await
+        }
         Command::Demo(args) => {
             booking_sim::demo::run(booking_sim::demo::DemoArgs {
                 gateway_url: args.gateway_url,

@@ -3,4 +3,5 @@
 
 pub mod demo;
 pub mod psp;
+pub mod race;
 pub mod sim_control;

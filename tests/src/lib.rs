@@ -1,3 +1,4 @@
 //! Helpers shared by the integration tests.
 
+pub mod coordinator;
 pub mod gateway_sim;
