@@ -7,4 +7,5 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod server;
+pub mod store;
 pub mod telemetry;

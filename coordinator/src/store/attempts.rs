@@ -1,0 +1,488 @@
+//! Starting attempts and the fenced writes about them.
+
+use gateway_client::IdempotencyKey;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
+
+use super::orders::{ATTEMPT_COLUMNS, ORDER_COLUMNS, attempt_from_row, column, order_from_row};
+use super::{Begin, BeginRefusal, Fence, Fenced, Finish, NewAttempt, Store, StoreError};
+use crate::domain::machine::{event_for, may_finish, may_start_attempt, order_state_after};
+use crate::domain::{AttemptOutcome, EventKind, OrderState, StartRefusal};
+
+/// The unique constraint scoping a caller's idempotency key (see the migration).
+const REQUEST_KEY_CONSTRAINT: &str = "attempts_operator_request_key";
+
+/// Longest error message kept in an attempt's history, in characters.
+const MAX_ERROR_MESSAGE: usize = 2000;
+
+const INSERT_EVENT: &str = "INSERT INTO events \
+     (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, currency) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+impl Store {
+    /// Starts an attempt, in ONE transaction: creates the order on first sight, checks it against
+    /// the request, asks the state machine whether an attempt may start, bumps the order's fence and
+    /// commits the attempt `IN_FLIGHT` with its events. Only after this commits may the gateway be
+    /// called (CONTRACT §1.4). The order's row lock and fence make this the lock of record: however
+    /// many callers get past Redis, only one commits an attempt.
+    pub async fn begin_attempt(&self, new: &NewAttempt) -> Result<Begin, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+
+        // 1. First sight: create the order and its ORDER_CREATED event (sequence 1).
+        let insert_order = tx
+            .prepare_cached(
+                "INSERT INTO orders \
+                 (order_id, amount_minor, currency, customer_id, items, state, last_sequence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 1) \
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .await?;
+        let created = tx
+            .execute(
+                &insert_order,
+                &[
+                    &new.order_id,
+                    &new.amount_minor,
+                    &new.currency,
+                    &new.customer_id,
+                    &Json(&new.items),
+                    &OrderState::Pending.as_str(),
+                ],
+            )
+            .await?
+            == 1;
+        let insert_event = tx.prepare_cached(INSERT_EVENT).await?;
+        if created {
+            tx.execute(
+                &insert_event,
+                &[
+                    &new.order_id,
+                    &1_i64,
+                    &EventKind::OrderCreated.as_str(),
+                    &OrderState::Pending.as_str(),
+                    &None::<i32>,
+                    &new.operator_id,
+                    &"",
+                    &Some(new.amount_minor),
+                    &Some(new.currency.as_str()),
+                ],
+            )
+            .await?;
+        }
+
+        // 2. Lock the order: every begin and finish on this order queues here.
+        let lock = tx
+            .prepare_cached(
+                "SELECT amount_minor, currency, customer_id, state FROM orders \
+                 WHERE order_id = $1 FOR UPDATE",
+            )
+            .await?;
+        let Some(locked) = tx.query_opt(&lock, &[&new.order_id]).await? else {
+            return Err(StoreError::Other(format!(
+                "order {} vanished after insert",
+                new.order_id
+            )));
+        };
+
+        // 3. The same caller's key on an attempt committed meanwhile (a concurrent same-key request
+        // won the race): join it rather than refuse. Checked under the lock, so it sees that commit.
+        let find_key = tx
+            .prepare_cached(
+                "SELECT order_id, number, fingerprint FROM attempts \
+                 WHERE operator_id = $1 AND request_key = $2",
+            )
+            .await?;
+        if let Some(row) = tx
+            .query_opt(&find_key, &[&new.operator_id, &new.request_key])
+            .await?
+        {
+            let taken = key_taken(&row)?;
+            tx.rollback().await?;
+            return Ok(taken);
+        }
+
+        // 4. The request must describe the recorded order.
+        let mut fields = Vec::new();
+        if column::<i64>(&locked, "amount_minor")? != new.amount_minor {
+            fields.push("amount");
+        }
+        if column::<&str>(&locked, "currency")? != new.currency {
+            fields.push("currency");
+        }
+        if column::<&str>(&locked, "customer_id")? != new.customer_id {
+            fields.push("customer_id");
+        }
+        if !fields.is_empty() {
+            tx.rollback().await?;
+            return Ok(Begin::Refused(BeginRefusal::Mismatch { fields }));
+        }
+
+        // 5. The state machine decides.
+        let state = OrderState::from_stored(column(&locked, "state")?)?;
+        if let Err(refusal) = may_start_attempt(state) {
+            let refusal = match refusal {
+                StartRefusal::AlreadyPaid => BeginRefusal::AlreadyPaid,
+                StartRefusal::InManualReview => BeginRefusal::InManualReview,
+                StartRefusal::Refunded => BeginRefusal::Refunded,
+                StartRefusal::InProgress => {
+                    let holder = tx
+                        .prepare_cached(
+                            "SELECT number, operator_id, started_at FROM attempts \
+                             WHERE order_id = $1 \
+                             ORDER BY (outcome = 'IN_FLIGHT') DESC, number DESC LIMIT 1",
+                        )
+                        .await?;
+                    let Some(row) = tx.query_opt(&holder, &[&new.order_id]).await? else {
+                        return Err(StoreError::Corrupt(format!(
+                            "order {} awaits confirmation without any attempt",
+                            new.order_id
+                        )));
+                    };
+                    BeginRefusal::InProgress {
+                        attempt: column(&row, "number")?,
+                        operator_id: column(&row, "operator_id")?,
+                        started_at: column(&row, "started_at")?,
+                    }
+                }
+            };
+            tx.rollback().await?;
+            return Ok(Begin::Refused(refusal));
+        }
+
+        // 6. Take the order: bump the fence, count the attempt, lock the state, reserve the event.
+        let take = tx
+            .prepare_cached(&format!(
+                "UPDATE orders o SET fence = o.fence + 1, attempt_count = o.attempt_count + 1, \
+                 state = $2, last_sequence = o.last_sequence + 1, updated_at = now() \
+                 WHERE o.order_id = $1 RETURNING o.attempt_count, {ORDER_COLUMNS}"
+            ))
+            .await?;
+        let taken = tx
+            .query_one(
+                &take,
+                &[&new.order_id, &OrderState::AwaitingConfirmation.as_str()],
+            )
+            .await?;
+        let mut order = order_from_row(&taken)?;
+        let number: i32 = column(&taken, "attempt_count")?;
+        let key_number = u32::try_from(number)
+            .map_err(|_| StoreError::Corrupt(format!("attempt number {number}")))?;
+
+        // 7. The attempt itself, with the gateway keys every replica derives alike.
+        let insert_attempt = tx
+            .prepare_cached(&format!(
+                "INSERT INTO attempts AS a \
+                 (order_id, number, fence, operator_id, replica_id, request_key, fingerprint, \
+                  payment_method, flow, outcome, gateway_create_key, gateway_confirm_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 RETURNING {ATTEMPT_COLUMNS}"
+            ))
+            .await?;
+        let inserted = tx
+            .query_one(
+                &insert_attempt,
+                &[
+                    &new.order_id,
+                    &number,
+                    &order.fence,
+                    &new.operator_id,
+                    &new.replica_id,
+                    &new.request_key,
+                    &new.fingerprint,
+                    &new.payment_method,
+                    &new.flow.as_str(),
+                    &AttemptOutcome::InFlight.as_str(),
+                    &IdempotencyKey::create(&new.order_id, key_number).as_str(),
+                    &IdempotencyKey::confirm(&new.order_id, key_number).as_str(),
+                ],
+            )
+            .await;
+        let attempt = match inserted {
+            Ok(row) => attempt_from_row(&row)?,
+            Err(error) if is_request_key_violation(&error) => {
+                // The same key on another order, committed meanwhile: the caller joins that one.
+                tx.rollback().await?;
+                return match self
+                    .find_request(&new.operator_id, &new.request_key)
+                    .await?
+                {
+                    Some((order_id, attempt, fingerprint)) => Ok(Begin::KeyTaken {
+                        order_id,
+                        attempt,
+                        fingerprint,
+                    }),
+                    None => Err(StoreError::Other(format!(
+                        "request key of operator {} conflicted but is not found",
+                        new.operator_id
+                    ))),
+                };
+            }
+            Err(error) => return Err(error.into()),
+        };
+
+        tx.execute(
+            &insert_event,
+            &[
+                &new.order_id,
+                &order.last_sequence,
+                &event_for(AttemptOutcome::InFlight).as_str(),
+                &order_state_after(AttemptOutcome::InFlight).as_str(),
+                &Some(number),
+                &new.operator_id,
+                &format!("replica {}, flow {}", new.replica_id, new.flow.as_str()),
+                &Some(new.amount_minor),
+                &Some(new.currency.as_str()),
+            ],
+        )
+        .await?;
+        let all_attempts = tx
+            .prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.order_id = $1 ORDER BY a.number"
+            ))
+            .await?;
+        order.attempts = tx
+            .query(&all_attempts, &[&new.order_id])
+            .await?
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<_, _>>()?;
+        tx.commit().await?;
+
+        tracing::info!(
+            order_id = %new.order_id,
+            attempt = number,
+            fence = order.fence,
+            operator_id = %new.operator_id,
+            "attempt started"
+        );
+        Ok(Begin::Started { order, attempt })
+    }
+
+    /// Records the gateway's PaymentIntent id on the attempt, if the fence still holds.
+    pub async fn record_intent(
+        &self,
+        fence: &Fence,
+        intent_id: &str,
+    ) -> Result<Fenced, StoreError> {
+        let client = self.client().await?;
+        // `FOR SHARE` on the order row serialises this write with any fence bump: a bump committed
+        // while this statement waited is re-checked against the newest row and wins.
+        let statement = client
+            .prepare_cached(
+                "WITH o AS (SELECT order_id FROM orders WHERE order_id = $1 AND fence = $3 FOR SHARE) \
+                 UPDATE attempts a SET gateway_payment_id = $4 FROM o \
+                 WHERE a.order_id = o.order_id AND a.number = $2 AND a.outcome = 'IN_FLIGHT'",
+            )
+            .await?;
+        let updated = client
+            .execute(
+                &statement,
+                &[&fence.order_id, &fence.attempt, &fence.token, &intent_id],
+            )
+            .await?;
+        Ok(fenced(updated, fence, "record_intent"))
+    }
+
+    /// Appends `{at, step, message}` to the attempt's error history, if the fence still holds.
+    pub async fn append_error(
+        &self,
+        fence: &Fence,
+        step: &str,
+        message: &str,
+    ) -> Result<Fenced, StoreError> {
+        let message: String = message.chars().take(MAX_ERROR_MESSAGE).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH o AS (SELECT order_id FROM orders WHERE order_id = $1 AND fence = $3 FOR SHARE) \
+                 UPDATE attempts a SET errors = a.errors || jsonb_build_array(jsonb_build_object( \
+                     'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                     'step', $4::text, 'message', $5::text)) \
+                 FROM o \
+                 WHERE a.order_id = o.order_id AND a.number = $2 AND a.outcome = 'IN_FLIGHT'",
+            )
+            .await?;
+        let updated = client
+            .execute(
+                &statement,
+                &[
+                    &fence.order_id,
+                    &fence.attempt,
+                    &fence.token,
+                    &step,
+                    &message,
+                ],
+            )
+            .await?;
+        Ok(fenced(updated, fence, "append_error"))
+    }
+
+    /// Records the attempt's outcome, in ONE transaction: the order (locked, fence checked), the
+    /// attempt, the order's new state as the state machine says, and the event.
+    pub async fn finish_attempt(
+        &self,
+        fence: &Fence,
+        finish: &Finish,
+        actor: &str,
+    ) -> Result<Fenced, StoreError> {
+        let outcome = finish.outcome();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+
+        let lock = tx
+            .prepare_cached(
+                "SELECT amount_minor, currency FROM orders \
+                 WHERE order_id = $1 AND fence = $2 AND state = $3 FOR UPDATE",
+            )
+            .await?;
+        let Some(order) = tx
+            .query_opt(
+                &lock,
+                &[
+                    &fence.order_id,
+                    &fence.token,
+                    &OrderState::AwaitingConfirmation.as_str(),
+                ],
+            )
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(fenced(0, fence, "finish_attempt"));
+        };
+
+        let current = tx
+            .prepare_cached(
+                "SELECT outcome FROM attempts WHERE order_id = $1 AND number = $2 FOR UPDATE",
+            )
+            .await?;
+        let current = match tx
+            .query_opt(&current, &[&fence.order_id, &fence.attempt])
+            .await?
+        {
+            Some(row) => Some(AttemptOutcome::from_stored(column(&row, "outcome")?)?),
+            None => None,
+        };
+        if !current.is_some_and(|current| may_finish(current, outcome)) {
+            tx.rollback().await?;
+            return Ok(fenced(0, fence, "finish_attempt"));
+        }
+
+        let (intent_id, decline_code, message) = match finish {
+            Finish::Succeeded { intent_id } => (Some(intent_id.as_str()), None, None),
+            Finish::Declined {
+                intent_id,
+                decline_code,
+                message,
+            } => (
+                intent_id.as_deref(),
+                Some(decline_code.as_str()),
+                Some(message.as_str()),
+            ),
+        };
+        let update_attempt = tx
+            .prepare_cached(
+                "UPDATE attempts SET outcome = $3, \
+                 gateway_payment_id = coalesce($4, gateway_payment_id), \
+                 decline_code = $5, failure_message = $6, finished_at = now() \
+                 WHERE order_id = $1 AND number = $2 AND outcome = 'IN_FLIGHT'",
+            )
+            .await?;
+        let updated = tx
+            .execute(
+                &update_attempt,
+                &[
+                    &fence.order_id,
+                    &fence.attempt,
+                    &outcome.as_str(),
+                    &intent_id,
+                    &decline_code,
+                    &message,
+                ],
+            )
+            .await?;
+        if updated != 1 {
+            tx.rollback().await?;
+            return Ok(fenced(0, fence, "finish_attempt"));
+        }
+
+        let state = order_state_after(outcome);
+        let update_order = tx
+            .prepare_cached(
+                "UPDATE orders SET state = $2, last_sequence = last_sequence + 1, \
+                 updated_at = now() WHERE order_id = $1 RETURNING last_sequence",
+            )
+            .await?;
+        let row = tx
+            .query_one(&update_order, &[&fence.order_id, &state.as_str()])
+            .await?;
+        let sequence: i64 = column(&row, "last_sequence")?;
+
+        let detail = match finish {
+            Finish::Succeeded { intent_id } => format!("charged: {intent_id}"),
+            Finish::Declined {
+                decline_code,
+                message,
+                ..
+            } => format!("declined ({decline_code}): {message}"),
+        };
+        let amount: i64 = column(&order, "amount_minor")?;
+        let currency: String = column(&order, "currency")?;
+        let insert_event = tx.prepare_cached(INSERT_EVENT).await?;
+        tx.execute(
+            &insert_event,
+            &[
+                &fence.order_id,
+                &sequence,
+                &event_for(outcome).as_str(),
+                &state.as_str(),
+                &Some(fence.attempt),
+                &actor,
+                &detail,
+                &Some(amount),
+                &Some(currency),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+
+        tracing::info!(
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            outcome = %outcome,
+            state = %state,
+            "attempt finished"
+        );
+        Ok(Fenced::Applied)
+    }
+}
+
+fn key_taken(row: &tokio_postgres::Row) -> Result<Begin, StoreError> {
+    Ok(Begin::KeyTaken {
+        order_id: column(row, "order_id")?,
+        attempt: column(row, "number")?,
+        fingerprint: column(row, "fingerprint")?,
+    })
+}
+
+fn is_request_key_violation(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::UNIQUE_VIOLATION && db.constraint() == Some(REQUEST_KEY_CONSTRAINT)
+    })
+}
+
+/// `Applied` if the write touched its row; otherwise `Superseded`, said at warn.
+fn fenced(updated: u64, fence: &Fence, operation: &'static str) -> Fenced {
+    if updated > 0 {
+        Fenced::Applied
+    } else {
+        tracing::warn!(
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            token = fence.token,
+            operation,
+            "a newer holder exists (or the attempt is no longer in flight); not overwriting"
+        );
+        Fenced::Superseded
+    }
+}

@@ -1,0 +1,151 @@
+//! Reading orders and their attempts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, Json};
+
+use super::{AttemptRecord, ErrorEntry, LineItemRecord, OrderRecord, Store, StoreError};
+use crate::domain::{AttemptOutcome, OrderState};
+
+/// The order's columns, for `orders o`.
+pub(super) const ORDER_COLUMNS: &str = "o.order_id, o.amount_minor, o.currency, o.customer_id, \
+     o.items, o.state, o.fence, o.last_sequence, o.refunded_minor, o.created_at, o.updated_at";
+
+/// The attempt's columns, for `attempts a` (`fence` renamed `attempt_fence`: a join with
+/// `ORDER_COLUMNS` would otherwise hold two columns of that name). `errors_view` turns each stored `at` (RFC 3339 text in
+/// jsonb) into microseconds since the epoch, so that reading needs no date parser.
+pub(super) const ATTEMPT_COLUMNS: &str = "a.number, a.fence AS attempt_fence, a.operator_id, a.replica_id, \
+     a.request_key, a.fingerprint, a.payment_method, a.flow, a.outcome, a.gateway_create_key, \
+     a.gateway_confirm_key, a.gateway_payment_id, a.decline_code, a.failure_message, \
+     (SELECT coalesce(jsonb_agg(jsonb_build_object( \
+          'at_us', (extract(epoch FROM (e.entry->>'at')::timestamptz) * 1000000)::bigint, \
+          'step', e.entry->>'step', 'message', e.entry->>'message') ORDER BY e.ord), '[]'::jsonb) \
+      FROM jsonb_array_elements(a.errors) WITH ORDINALITY AS e(entry, ord)) AS errors_view, \
+     a.started_at, a.finished_at";
+
+#[derive(Deserialize)]
+struct ErrorView {
+    at_us: i64,
+    step: String,
+    message: String,
+}
+
+impl Store {
+    /// The caller's earlier request with this key, if any: `(order_id, attempt, fingerprint)`.
+    pub async fn find_request(
+        &self,
+        operator_id: &str,
+        request_key: &str,
+    ) -> Result<Option<(String, i32, String)>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT order_id, number, fingerprint FROM attempts \
+                 WHERE operator_id = $1 AND request_key = $2",
+            )
+            .await?;
+        let row = client
+            .query_opt(&statement, &[&operator_id, &request_key])
+            .await?;
+        row.map(|row| {
+            Ok((
+                column(&row, "order_id")?,
+                column(&row, "number")?,
+                column(&row, "fingerprint")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The order with every attempt, oldest first; `None` if unknown. One statement: one snapshot.
+    pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS}, {ATTEMPT_COLUMNS} \
+                 FROM orders o LEFT JOIN attempts a ON a.order_id = o.order_id \
+                 WHERE o.order_id = $1 ORDER BY a.number"
+            ))
+            .await?;
+        let rows = client.query(&statement, &[&order_id]).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut order = order_from_row(first)?;
+        for row in &rows {
+            if column::<Option<i32>>(row, "number")?.is_some() {
+                order.attempts.push(attempt_from_row(row)?);
+            }
+        }
+        Ok(Some(order))
+    }
+}
+
+/// A column, or `Corrupt` if it does not convert: a conversion failure is the schema and the code
+/// disagreeing, not PostgreSQL being unavailable.
+pub(super) fn column<'a, T: FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, StoreError> {
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+/// The order of a row holding `ORDER_COLUMNS`, without its attempts.
+pub(super) fn order_from_row(row: &Row) -> Result<OrderRecord, StoreError> {
+    let Json(items): Json<Vec<LineItemRecord>> = column(row, "items")?;
+    Ok(OrderRecord {
+        order_id: column(row, "order_id")?,
+        amount_minor: column(row, "amount_minor")?,
+        currency: column(row, "currency")?,
+        customer_id: column(row, "customer_id")?,
+        items,
+        state: OrderState::from_stored(column(row, "state")?)?,
+        fence: column(row, "fence")?,
+        last_sequence: column(row, "last_sequence")?,
+        refunded_minor: column(row, "refunded_minor")?,
+        created_at: column(row, "created_at")?,
+        updated_at: column(row, "updated_at")?,
+        attempts: Vec::new(),
+    })
+}
+
+/// The attempt of a row holding `ATTEMPT_COLUMNS`.
+pub(super) fn attempt_from_row(row: &Row) -> Result<AttemptRecord, StoreError> {
+    let Json(errors): Json<Vec<ErrorView>> = column(row, "errors_view")?;
+    let errors = errors
+        .into_iter()
+        .map(|e| ErrorEntry {
+            at: from_micros(e.at_us),
+            step: e.step,
+            message: e.message,
+        })
+        .collect();
+    Ok(AttemptRecord {
+        number: column(row, "number")?,
+        fence: column(row, "attempt_fence")?,
+        operator_id: column(row, "operator_id")?,
+        replica_id: column(row, "replica_id")?,
+        request_key: column(row, "request_key")?,
+        fingerprint: column(row, "fingerprint")?,
+        payment_method: column(row, "payment_method")?,
+        flow: column(row, "flow")?,
+        outcome: AttemptOutcome::from_stored(column(row, "outcome")?)?,
+        gateway_create_key: column(row, "gateway_create_key")?,
+        gateway_confirm_key: column(row, "gateway_confirm_key")?,
+        gateway_payment_id: column(row, "gateway_payment_id")?,
+        decline_code: column(row, "decline_code")?,
+        failure_message: column(row, "failure_message")?,
+        errors,
+        started_at: column(row, "started_at")?,
+        finished_at: column(row, "finished_at")?,
+    })
+}
+
+fn from_micros(micros: i64) -> SystemTime {
+    let magnitude = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 {
+        UNIX_EPOCH.checked_add(magnitude).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude).unwrap_or(UNIX_EPOCH)
+    }
+}

@@ -1,0 +1,178 @@
+//! The store's row types and the answers of its operations.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{AttemptOutcome, OrderState};
+
+/// One line of an order, stored in `orders.items` (jsonb).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItemRecord {
+    pub product_id: String,
+    pub quantity: i32,
+    pub unit_amount_minor: i64,
+}
+
+/// What `begin_attempt` needs: the order as the caller describes it and the attempt to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAttempt {
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub customer_id: String,
+    pub items: Vec<LineItemRecord>,
+    /// A gateway token such as `pm_card_visa`; never a card number (validated by the caller).
+    pub payment_method: String,
+    pub operator_id: String,
+    pub replica_id: String,
+    /// The caller's `idempotency_key`, scoped per `operator_id`.
+    pub request_key: String,
+    /// A digest of the request, to tell a retry from a reused key.
+    pub fingerprint: String,
+    pub flow: gateway_client::Flow,
+}
+
+/// What `begin_attempt` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and matched at once; boxing would only add noise"
+)]
+pub enum Begin {
+    /// The attempt is committed (`IN_FLIGHT`, order `AWAITING_CONFIRMATION`, fence bumped): the
+    /// caller may now call the gateway, with `Fence::of(&order, &attempt)`.
+    Started {
+        order: OrderRecord,
+        attempt: AttemptRecord,
+    },
+    /// Nothing was written.
+    Refused(BeginRefusal),
+    /// The `(operator_id, request_key)` is already taken by an attempt (a concurrent request with
+    /// the same key won the race). Nothing was written; the caller re-reads and joins it (or answers
+    /// `IDEMPOTENCY_KEY_REUSED` if the fingerprint differs).
+    KeyTaken {
+        order_id: String,
+        attempt: i32,
+        fingerprint: String,
+    },
+}
+
+/// Why `begin_attempt` wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginRefusal {
+    /// The recorded order differs in these fields: `"amount"`, `"currency"`, `"customer_id"`.
+    Mismatch {
+        fields: Vec<&'static str>,
+    },
+    AlreadyPaid,
+    InManualReview,
+    Refunded,
+    /// Another attempt is in flight: who holds the order, and since when.
+    InProgress {
+        attempt: i32,
+        operator_id: String,
+        started_at: SystemTime,
+    },
+}
+
+/// The token every write about an attempt must present: the order's fence when the writer took the
+/// attempt. A newer holder bumps `orders.fence`, after which the old token writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub order_id: String,
+    pub attempt: i32,
+    pub token: i64,
+}
+
+impl Fence {
+    /// The fence of a freshly started attempt.
+    pub fn of(order: &OrderRecord, attempt: &AttemptRecord) -> Fence {
+        Fence {
+            order_id: order.order_id.clone(),
+            attempt: attempt.number,
+            token: attempt.fence,
+        }
+    }
+}
+
+/// The answer of a fenced write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Fenced {
+    Applied,
+    /// A newer holder bumped the fence, or the attempt is no longer in flight: NOTHING was written.
+    Superseded,
+}
+
+/// How an attempt ended, as far as this issue goes (Cancelled/Unknown come later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Succeeded {
+        intent_id: String,
+    },
+    Declined {
+        intent_id: Option<String>,
+        decline_code: String,
+        message: String,
+    },
+}
+
+impl Finish {
+    /// The attempt's outcome this finish records.
+    pub fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Finish::Succeeded { .. } => AttemptOutcome::Succeeded,
+            Finish::Declined { .. } => AttemptOutcome::Declined,
+        }
+    }
+}
+
+/// One order and every attempt, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub customer_id: String,
+    pub items: Vec<LineItemRecord>,
+    pub state: OrderState,
+    pub fence: i64,
+    pub last_sequence: i64,
+    pub refunded_minor: i64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One attempt to charge an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub number: i32,
+    /// The order's fence when this attempt started.
+    pub fence: i64,
+    pub operator_id: String,
+    pub replica_id: String,
+    pub request_key: String,
+    pub fingerprint: String,
+    pub payment_method: String,
+    /// `gateway_client::Flow::as_str()`: `two_phase` or `one_shot`.
+    pub flow: String,
+    pub outcome: AttemptOutcome,
+    pub gateway_create_key: String,
+    pub gateway_confirm_key: String,
+    pub gateway_payment_id: Option<String>,
+    pub decline_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub errors: Vec<ErrorEntry>,
+    pub started_at: SystemTime,
+    pub finished_at: Option<SystemTime>,
+}
+
+/// One error met during an attempt (the history an operator reads in manual review).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorEntry {
+    pub at: SystemTime,
+    pub step: String,
+    pub message: String,
+}
