@@ -4,8 +4,10 @@
 //! the gateway client safely. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod server;
 pub mod store;
 pub mod telemetry;
