@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod lease;
 pub mod error;
 pub mod server;
 pub mod store;
