@@ -1,26 +1,74 @@
 #!/usr/bin/env bash
 # The main job (README, first line).
 #
-# For now: starts the gateway simulator on a free port and runs a short scripted session against
-# it through gateway-client (a payment, a decline, a lost answer then a same-key replay), printing
-# each step next to the simulator's ledger. The coordinator issue replaces this with the real
-# coordinator stack (PostgreSQL and Redis found or started by scripts/lib/services.sh).
+# Finds PostgreSQL and Redis (or starts throwaway ones), starts the gateway simulator and three
+# coordinator replicas on one database and one Redis, lets simulated operators race to pay a
+# batch of orders across the replicas (`booking-sim race`, public gRPC API only), and prints a
+# table: each order, its final state, how many callers were refused and why, and the
+# simulator's charges for it (always 1). Then it stops everything it started.
+#
+# Extra arguments go to `booking-sim race` (e.g. scripts/run.sh --orders 50 --callers 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
+. scripts/lib/services.sh
 
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
+ensure_postgres
+ensure_redis
 
 say "building"
-cargo build --quiet -p booking-sim
-bin=target/debug/booking-sim
+cargo build --quiet -p coordinator -p booking-sim
+bin=target/debug
 
-port=$(free_port)
-log=$(mktemp)
-"$bin" psp --listen "127.0.0.1:$port" >"$log" 2>&1 &
-sim_pid=$!
-on_exit "kill $sim_pid 2>/dev/null; wait $sim_pid 2>/dev/null; rm -f '$log'"
-wait_for_port "$port" "$sim_pid" || { cat "$log" >&2; die "the simulator did not start"; }
-say "gateway simulator on http://127.0.0.1:$port"
+work=$(mktemp -d "${TMPDIR:-/tmp}/payments-run.XXXXXX")
+on_exit "rm -rf '$work'"
 
-"$bin" demo --gateway-url "http://127.0.0.1:$port" "$@"
+# Three operators' API keys; the coordinators only ever see their SHA-256.
+keys=()
+: >"$work/api-keys.toml"
+for i in 1 2 3; do
+  key="pk_run_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+  keys+=("$key")
+  sha=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
+  printf '[[keys]]\nid = "operator-%s"\nrole = "operator"\nsha256 = "%s"\n\n' "$i" "$sha" >>"$work/api-keys.toml"
+done
+
+start_bg() { # name, command...: runs it in the background, its pid in LAST_PID
+  local name=$1
+  shift
+  "$@" >"$work/$name.log" 2>&1 &
+  LAST_PID=$!
+  # SIGTERM: a graceful stop (attempts in flight finish first).
+  on_exit "kill $LAST_PID 2>/dev/null; wait $LAST_PID 2>/dev/null"
+}
+
+sim_port=$(free_port)
+start_bg simulator "$bin/booking-sim" psp --listen "127.0.0.1:$sim_port"
+sim_pid=$LAST_PID
+wait_for_port "$sim_port" "$sim_pid" || { cat "$work/simulator.log" >&2; die "the simulator did not start"; }
+say "gateway simulator on http://127.0.0.1:$sim_port"
+
+urls=()
+for i in 0 1 2; do
+  port=$(free_port)
+  start_bg "replica-$i" env \
+    COORDINATOR_LISTEN="127.0.0.1:$port" \
+    METRICS_LISTEN="127.0.0.1:$(free_port)" \
+    DATABASE_URL="$DATABASE_URL_BASE/payments" \
+    REDIS_URL="$REDIS_URL" \
+    GATEWAY_URL="http://127.0.0.1:$sim_port" \
+    API_KEYS_FILE="$work/api-keys.toml" \
+    JOURNAL_DIR="$work/journal-$i" \
+    REPLICA_ID="replica-$i" \
+    "$bin/coordinator"
+  pid=$LAST_PID
+  wait_for_port "$port" "$pid" || { cat "$work/replica-$i.log" >&2; die "coordinator replica-$i did not start"; }
+  say "coordinator replica-$i on http://127.0.0.1:$port (log: $work/replica-$i.log)"
+  urls+=("http://127.0.0.1:$port")
+done
+
+RACE_OPERATOR_KEYS=$(IFS=,; echo "${keys[*]}") "$bin/booking-sim" race \
+  --coordinators "$(IFS=,; echo "${urls[*]}")" \
+  --gateway-url "http://127.0.0.1:$sim_port" \
+  --orders 12 --callers 6 "$@"

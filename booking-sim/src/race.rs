@@ -59,6 +59,68 @@ struct Tally {
     attempts: usize,
 }
 
+/// One wave of callers (numbered `callers`) on every order, all at once; what each order's
+/// callers got, and how many calls were made.
+async fn race_wave(
+    clients: &[Client],
+    args: &RaceArgs,
+    callers: std::ops::Range<usize>,
+) -> anyhow::Result<(BTreeMap<usize, Tally>, usize)> {
+    let mut calls = Vec::new();
+    for n in 0..args.orders {
+        let order_id = format!("{}-{n}", args.order_prefix);
+        for caller in callers.clone() {
+            // Spread each order's callers over every replica and every operator key.
+            let mut client = clients[(n + caller) % clients.len()].clone();
+            let request = pb::ProcessPaymentRequest {
+                order_id: order_id.clone(),
+                amount: Some(pb::Money {
+                    amount_minor: 1000 + n as i64,
+                    currency: "EUR".to_owned(),
+                }),
+                customer_id: format!("customer-{n}"),
+                payment_method: "pm_card_visa".to_owned(),
+                items: vec![pb::LineItem {
+                    product_id: "ticket".to_owned(),
+                    quantity: 1,
+                    unit_amount_minor: 1000 + n as i64,
+                }],
+                idempotency_key: format!("{order_id}-caller-{caller}"),
+                wait_for_outcome: true,
+            };
+            calls.push(tokio::spawn(async move {
+                let mut request = Request::new(request);
+                request.set_timeout(Duration::from_secs(30));
+                (n, client.process_payment(request).await)
+            }));
+        }
+    }
+    let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
+    let total = calls.len();
+    for (done, call) in calls.into_iter().enumerate() {
+        let (n, result) = call.await.context("a caller task failed")?;
+        let tally = tallies.entry(n).or_default();
+        match result {
+            Ok(_) => tally.started += 1,
+            Err(status) => {
+                let reason = status
+                    .get_details_error_info()
+                    .map(|i| i.reason)
+                    .unwrap_or_else(|| format!("{:?}: {}", status.code(), status.message()));
+                match reason.as_str() {
+                    "PAYMENT_IN_PROGRESS" => tally.in_progress += 1,
+                    "ALREADY_PAID" => tally.already_paid += 1,
+                    _ => *tally.other.entry(reason).or_default() += 1,
+                }
+            }
+        }
+        if (done + 1) % (total / 4).max(1) == 0 || done + 1 == total {
+            println!("  {}/{total} calls answered", done + 1);
+        }
+    }
+    Ok((tallies, total))
+}
+
 /// Runs the race and prints the table. Fails if any order was charged other than once.
 pub async fn run(args: RaceArgs) -> anyhow::Result<()> {
     if args.coordinators.is_empty() || args.operator_keys.is_empty() {
@@ -97,58 +159,24 @@ pub async fn run(args: RaceArgs) -> anyhow::Result<()> {
         clients.len(),
         args.gateway_latency_ms
     );
-    let mut calls = Vec::new();
-    for n in 0..args.orders {
-        let order_id = format!("{}-{n}", args.order_prefix);
-        for caller in 0..args.callers_per_order {
-            // Spread each order's callers over every replica and every operator key.
-            let mut client = clients[(n + caller) % clients.len()].clone();
-            let request = pb::ProcessPaymentRequest {
-                order_id: order_id.clone(),
-                amount: Some(pb::Money {
-                    amount_minor: 1000 + n as i64,
-                    currency: "EUR".to_owned(),
-                }),
-                customer_id: format!("customer-{n}"),
-                payment_method: "pm_card_visa".to_owned(),
-                items: vec![pb::LineItem {
-                    product_id: "ticket".to_owned(),
-                    quantity: 1,
-                    unit_amount_minor: 1000 + n as i64,
-                }],
-                idempotency_key: format!("{order_id}-caller-{caller}"),
-                wait_for_outcome: true,
-            };
-            calls.push(tokio::spawn(async move {
-                let mut request = Request::new(request);
-                request.set_timeout(Duration::from_secs(30));
-                (n, client.process_payment(request).await)
-            }));
-        }
-    }
-    let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
-    let mut done = 0usize;
-    let total = calls.len();
-    for call in calls {
-        let (n, result) = call.await.context("a caller task failed")?;
+    // First wave: every caller of every order at once. Second wave: one late operator per
+    // order, after the first wave has its outcomes (refused: the order is already paid).
+    let first = race_wave(&clients, &args, 0..args.callers_per_order).await?;
+    let late = race_wave(
+        &clients,
+        &args,
+        args.callers_per_order..args.callers_per_order + 1,
+    )
+    .await?;
+    let total = first.1 + late.1;
+    let mut tallies = first.0;
+    for (n, t) in late.0 {
         let tally = tallies.entry(n).or_default();
-        match result {
-            Ok(_) => tally.started += 1,
-            Err(status) => {
-                let reason = status
-                    .get_details_error_info()
-                    .map(|i| i.reason)
-                    .unwrap_or_else(|| format!("{:?}", status.code()));
-                match reason.as_str() {
-                    "PAYMENT_IN_PROGRESS" => tally.in_progress += 1,
-                    "ALREADY_PAID" => tally.already_paid += 1,
-                    _ => *tally.other.entry(reason).or_default() += 1,
-                }
-            }
-        }
-        done += 1;
-        if done % (total / 4).max(1) == 0 {
-            println!("  {done}/{total} calls answered");
+        tally.started += t.started;
+        tally.in_progress += t.in_progress;
+        tally.already_paid += t.already_paid;
+        for (reason, count) in t.other {
+            *tally.other.entry(reason).or_default() += count;
         }
     }
 

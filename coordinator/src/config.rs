@@ -10,7 +10,9 @@ use clap::Parser;
 #[command(
     name = "coordinator",
     version,
-    about = "The payment coordinator (gRPC)"
+    about = "The payment coordinator (gRPC)",
+    // A later flag wins over an earlier one (tests and scripts layer overrides).
+    args_override_self = true
 )]
 pub struct Settings {
     /// gRPC address.

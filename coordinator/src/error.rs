@@ -91,6 +91,18 @@ impl From<Violations> for Error {
     }
 }
 
+impl From<crate::store::StoreError> for Error {
+    fn from(error: crate::store::StoreError) -> Self {
+        if error.is_unavailable() {
+            // Before an attempt is recorded this means nothing was charged: safe to retry.
+            Error::StoreUnavailable(error.to_string())
+        } else {
+            tracing::error!(%error, "store error");
+            Error::Internal(error.to_string())
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = match &error {

@@ -4,6 +4,7 @@
 //! the gateway client safely. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod attempt;
 pub mod auth;
 pub mod config;
 pub mod domain;

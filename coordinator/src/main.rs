@@ -7,6 +7,13 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     telemetry::init();
     let app = Application::build(&settings).await?;
+    if !app.dev_keys.is_empty() {
+        // --dev only: shown once on stdout so a developer can call the API; never logged.
+        println!("--dev: generated API keys (valid until this process exits):");
+        for (id, role, key) in &app.dev_keys {
+            println!("  {role:<9} {id:<14} {key}");
+        }
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
     app.run_until(shutdown).await

@@ -1,31 +1,102 @@
-//! tonic wiring only: the coordinator service, health and reflection on one port.
+//! Start-up and tonic wiring: settings → keys, PostgreSQL (migrated), Redis, gateway client →
+//! the coordinator service, health and reflection on one port, behind the auth layer.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context;
+use gateway_client::{GatewayClient, GatewayConfig};
 use payments_proto::v1::{
     FILE_DESCRIPTOR_SET, payment_coordinator_server::PaymentCoordinatorServer,
 };
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{api::Coordinator, config::Settings};
+use crate::{
+    api::Coordinator,
+    attempt::{OutcomeBoard, Runner},
+    auth::{AuthLayer, KeyStore},
+    config::Settings,
+    lease::Leases,
+    store::Store,
+};
+
+/// PostgreSQL connections per replica.
+const POOL_SIZE: usize = 16;
+/// How often health re-checks PostgreSQL.
+const HEALTH_PERIOD: Duration = Duration::from_secs(1);
 
 /// A bound, not yet serving coordinator; tests build it on port 0.
 pub struct Application {
     listener: TcpListener,
     replica: String,
+    keys: Arc<KeyStore>,
+    runner: Runner,
+    /// `--dev` keys to show once: (id, role, key).
+    pub dev_keys: Vec<(String, String, String)>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let replica = settings.replica();
+        let (keys, dev_keys) = match (&settings.api_keys_file, settings.dev) {
+            (Some(path), _) => (
+                KeyStore::load(path)
+                    .with_context(|| format!("loading API_KEYS_FILE {}", path.display()))?,
+                Vec::new(),
+            ),
+            (None, true) => {
+                let (keys, shown) = KeyStore::generate_dev();
+                (
+                    keys,
+                    shown
+                        .into_iter()
+                        .map(|k| (k.id, k.role.to_string(), k.key))
+                        .collect(),
+                )
+            }
+            (None, false) => anyhow::bail!(
+                "API_KEYS_FILE is not set: callers' keys are required (a TOML file of [[keys]] with id, role, sha256). \
+                 For a developer machine, start with --dev to generate a key per role."
+            ),
+        };
+
+        let store = Store::connect(&settings.database_url, POOL_SIZE)
+            .await
+            .context("connecting to PostgreSQL (DATABASE_URL) and migrating the schema")?;
+        let leases = Leases::connect(
+            &settings.redis_url,
+            &settings.redis_key_prefix,
+            settings.lease_ttl(),
+        )
+        .await
+        .context("connecting to Redis (REDIS_URL)")?;
+        let gateway = GatewayClient::new(
+            GatewayConfig::new(
+                settings.gateway_url.clone(),
+                settings.gateway_api_key.expose(),
+            )
+            .with_timeout(settings.gateway_timeout())
+            .with_flow(settings.gateway_flow)
+            .with_capabilities(settings.gateway_capabilities),
+        )
+        .context("configuring the gateway client (GATEWAY_*)")?;
+
         let listener = TcpListener::bind(settings.coordinator_listen)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot listen on {}: {e}", settings.coordinator_listen)
-            })?;
+            .with_context(|| format!("cannot listen on {}", settings.coordinator_listen))?;
+        let runner = Runner {
+            store,
+            leases: Some(leases),
+            gateway,
+            board: OutcomeBoard::default(),
+            replica: replica.clone(),
+        };
         Ok(Self {
             listener,
-            replica: settings.replica(),
+            replica,
+            keys: Arc::new(keys),
+            runner,
+            dev_keys,
         })
     }
 
@@ -33,27 +104,76 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then lets in-flight calls finish.
+    /// Serves until `shutdown` is cancelled, then stops accepting calls and waits for every
+    /// attempt already committed to reach the end of its gateway flow.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<PaymentCoordinatorServer<Coordinator>>()
-            .await;
+        let store = self.runner.store.clone();
+        let health_stop = shutdown.child_token();
+        tracker.spawn(watch_health(store, health, health_stop.clone()));
+
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        let coordinator = Coordinator::new(self.runner, tracker.clone());
 
         tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, "coordinator listening");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
+            .layer(AuthLayer::new(self.keys))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(PaymentCoordinatorServer::new(Coordinator))
+            .add_service(PaymentCoordinatorServer::new(coordinator))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.listener),
                 shutdown.cancelled_owned(),
             )
-            .await?;
+            .await;
+        health_stop.cancel();
+        tracker.close();
+        tracing::info!(
+            in_flight = tracker.len(),
+            "waiting for attempts in flight to finish"
+        );
+        tracker.wait().await;
+        served?;
         Ok(())
+    }
+}
+
+/// `grpc.health.v1`: NOT_SERVING while PostgreSQL is unreachable (no attempt can be recorded,
+/// so no payment can start).
+async fn watch_health(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let up = store.ping().await;
+        if serving != Some(up) {
+            if up {
+                health
+                    .set_serving::<PaymentCoordinatorServer<Coordinator>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+            } else {
+                tracing::warn!("PostgreSQL unreachable: health NOT_SERVING");
+                health
+                    .set_not_serving::<PaymentCoordinatorServer<Coordinator>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            serving = Some(up);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_PERIOD) => {}
+        }
     }
 }

@@ -1,12 +1,9 @@
-//! The coordinator serves the whole `payments.v1` API surface, gRPC health and reflection on one
-//! port, over real gRPC. (The RPCs' behaviour arrives with the coordinator issue; until then each
-//! answers UNIMPLEMENTED, and this test pins that the server, health and reflection are wired.)
+//! The coordinator serves the `payments.v1` API, gRPC health and reflection on one port, over
+//! real gRPC; health and reflection need no API key, the API does.
 
-use clap::Parser;
-use coordinator::{config::Settings, server::Application};
+use integration_tests::coordinator::TestEnv;
 use payments_proto::v1::{self as pb, payment_coordinator_client::PaymentCoordinatorClient};
 use tokio_stream::StreamExt;
-use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -15,30 +12,12 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-async fn start() -> (
-    String,
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let settings = Settings::try_parse_from([
-        "coordinator",
-        "--coordinator-listen",
-        "127.0.0.1:0",
-        "--replica-id",
-        "surface-test",
-    ])
-    .expect("settings");
-    let app = Application::build(&settings).await.expect("bind");
-    let url = format!("http://{}", app.local_addr().expect("addr"));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run_until(shutdown.clone()));
-    (url, shutdown, task)
-}
-
 #[tokio::test]
 async fn serves_api_health_and_reflection_on_one_port() {
-    let (url, shutdown, task) = start().await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
+    let env = TestEnv::new().await;
+    let replica = env.replica("surface", &[]).await;
+    // Health and reflection answer without an API key (probes and grpcurl).
+    let channel = tonic::transport::Endpoint::from_shared(replica.url.clone())
         .expect("endpoint")
         .connect()
         .await
@@ -81,14 +60,13 @@ async fn serves_api_health_and_reflection_on_one_port() {
         "{names:?}"
     );
 
+    // The coordinator's own API requires a key.
     let status = PaymentCoordinatorClient::new(channel)
         .get_payments_status(pb::GetPaymentsStatusRequest {})
         .await
-        .expect_err("not implemented yet");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .expect_err("no key");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
-    shutdown.cancel();
-    task.await
-        .expect("server task")
-        .expect("server ran cleanly");
+    replica.stop().await;
+    env.cleanup().await;
 }

@@ -1,17 +1,44 @@
-//! The `payments.v1.PaymentCoordinator` service. One file per RPC group will live here; until
-//! the coordinator issue lands, every RPC answers `UNIMPLEMENTED` with a clear message, so
-//! generated clients can already connect, and reflection lists the whole API.
+//! The `payments.v1.PaymentCoordinator` service: one file per RPC group. Handlers return
+//! `Result<_, Error>`; the conversion to `tonic::Status` happens once, in `error.rs`.
+//! RPCs of later issues answer `UNIMPLEMENTED`.
+
+mod convert;
+mod deadline;
+mod orders;
+mod payments;
 
 use std::pin::Pin;
 
 use payments_proto::v1::{self as pb, payment_coordinator_server::PaymentCoordinator};
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
+
+use crate::{attempt::Runner, lease::Leases, store::Store};
 
 type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::OrderEvent, Status>> + Send>>;
 
-/// The service; it will own the store, leases and gateway client handles.
-#[derive(Debug, Default, Clone)]
-pub struct Coordinator;
+/// The service: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Coordinator {
+    store: Store,
+    leases: Option<Leases>,
+    runner: Runner,
+    /// Owns every attempt task, so shutdown waits for in-flight gateway calls.
+    tracker: TaskTracker,
+    replica: String,
+}
+
+impl Coordinator {
+    pub fn new(runner: Runner, tracker: TaskTracker) -> Self {
+        Self {
+            store: runner.store.clone(),
+            leases: runner.leases.clone(),
+            replica: runner.replica.clone(),
+            runner,
+            tracker,
+        }
+    }
+}
 
 fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!(
@@ -23,16 +50,16 @@ fn not_yet(rpc: &str) -> Status {
 impl PaymentCoordinator for Coordinator {
     async fn process_payment(
         &self,
-        _request: Request<pb::ProcessPaymentRequest>,
+        request: Request<pb::ProcessPaymentRequest>,
     ) -> Result<Response<pb::ProcessPaymentResponse>, Status> {
-        Err(not_yet("ProcessPayment"))
+        Ok(self.process_payment_impl(request).await?)
     }
 
     async fn get_order(
         &self,
-        _request: Request<pb::GetOrderRequest>,
+        request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        Err(not_yet("GetOrder"))
+        Ok(self.get_order_impl(request).await?)
     }
 
     type WatchOrderStream = EventStream;

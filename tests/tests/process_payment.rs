@@ -1,0 +1,720 @@
+//! ProcessPayment end to end: real coordinator servers over gRPC, real PostgreSQL and Redis, the
+//! gateway simulator over HTTP. Every money assertion is made against the simulator's ledger.
+
+use std::collections::HashMap;
+
+use integration_tests::coordinator::{
+    ADMIN, Client, OPERATOR, OPERATOR_2, REVIEWER, SERVICE, TestEnv, client, key_for,
+};
+use payments_proto::v1::{self as pb};
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn pay(order_id: &str, amount: i64, key: &str, method: &str) -> pb::ProcessPaymentRequest {
+    pb::ProcessPaymentRequest {
+        order_id: order_id.to_owned(),
+        amount: Some(pb::Money {
+            amount_minor: amount,
+            currency: "EUR".to_owned(),
+        }),
+        customer_id: "cust-42".to_owned(),
+        payment_method: method.to_owned(),
+        items: vec![pb::LineItem {
+            product_id: "sku-1".into(),
+            quantity: 1,
+            unit_amount_minor: amount,
+        }],
+        idempotency_key: key.to_owned(),
+        wait_for_outcome: true,
+    }
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
+}
+
+/// Successful charges per order id, from the simulator's ledger.
+async fn charges_by_order(env: &TestEnv) -> HashMap<String, u32> {
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    let mut charges = HashMap::new();
+    for intent in ledger.intents {
+        if let Some(order) = intent.metadata.get("order_id") {
+            *charges.entry(order.clone()).or_default() += intent.times_charged;
+        }
+    }
+    charges
+}
+
+async fn count(env: &TestEnv, sql: &str) -> i64 {
+    env.sql()
+        .await
+        .query_one(sql, &[])
+        .await
+        .expect("count query")
+        .get(0)
+}
+
+/// 20 orders × 10 concurrent callers over 3 replicas, with the gateway slowed so that the calls
+/// overlap: one charge per order, every other caller refused.
+async fn race(env: &TestEnv, replicas: &[Client]) {
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 300 }))
+        .await
+        .expect("slow the gateway");
+    let mut calls = Vec::new();
+    for order in 0..20 {
+        for caller in 0..10 {
+            let mut client = replicas[caller % replicas.len()].clone();
+            let _ = (OPERATOR, OPERATOR_2);
+            let request = pay(
+                &format!("race-{order}"),
+                1000 + order as i64,
+                &format!("k-{order}-{caller}"),
+                "pm_card_visa",
+            );
+            calls.push(tokio::spawn(async move {
+                (order, client.process_payment(request).await)
+            }));
+        }
+    }
+    let mut started: HashMap<usize, u32> = HashMap::new();
+    for call in calls {
+        let (order, result) = call.await.expect("caller task");
+        match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                assert!(!response.joined_existing);
+                let state = response.order.expect("order").state();
+                assert_eq!(
+                    state,
+                    pb::OrderState::Paid,
+                    "the winner waited for its outcome"
+                );
+                *started.entry(order).or_default() += 1;
+            }
+            Err(status) => {
+                let why = reason(&status);
+                assert!(
+                    matches!(
+                        (status.code(), why.as_str()),
+                        (Code::Aborted, "PAYMENT_IN_PROGRESS")
+                            | (Code::FailedPrecondition, "ALREADY_PAID")
+                    ),
+                    "unexpected refusal {status:?}"
+                );
+            }
+        }
+    }
+    for order in 0..20 {
+        assert_eq!(
+            started.get(&order),
+            Some(&1),
+            "exactly one attempt started for race-{order}"
+        );
+    }
+    let charges = charges_by_order(env).await;
+    for order in 0..20 {
+        assert_eq!(
+            charges.get(&format!("race-{order}")),
+            Some(&1),
+            "one charge for race-{order} in the ledger"
+        );
+    }
+    assert_eq!(count(env, "SELECT count(*) FROM attempts").await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_race_one_charge_per_order() {
+    let env = TestEnv::new().await;
+    let replicas = [
+        env.replica("r0", &[]).await,
+        env.replica("r1", &[]).await,
+        env.replica("r2", &[]).await,
+    ];
+    let mut clients = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        clients.push(
+            r.client(if i % 2 == 0 { OPERATOR } else { OPERATOR_2 })
+                .await,
+        );
+    }
+    race(&env, &clients).await;
+    for r in replicas {
+        r.stop().await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_alone_admits_one_attempt_per_order() {
+    // Each replica with its own Redis prefix: their leases never see each other, so only
+    // PostgreSQL's fence stands between the callers.
+    let env = TestEnv::new().await;
+    let mut replicas = Vec::new();
+    let prefixes: Vec<String> = (0..3)
+        .map(|i| format!("{}isolated{i}:", env.redis_prefix))
+        .collect();
+    for (i, prefix) in prefixes.iter().enumerate() {
+        replicas.push(
+            env.replica(&format!("r{i}"), &["--redis-key-prefix", prefix])
+                .await,
+        );
+    }
+    let mut clients = Vec::new();
+    for r in &replicas {
+        clients.push(r.client(OPERATOR).await);
+    }
+    race(&env, &clients).await;
+    for r in replicas {
+        r.stop().await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn both_flows_pay_once() {
+    for flow in ["two_phase", "one_shot"] {
+        let env = TestEnv::new().await;
+        let replica = env.replica("r0", &["--gateway-flow", flow]).await;
+        let mut op = replica.client(OPERATOR).await;
+        let response = op
+            .process_payment(pay("flow-1", 2500, "k1", "pm_card_visa"))
+            .await
+            .expect("pay")
+            .into_inner();
+        let order = response.order.expect("order");
+        assert_eq!(order.state(), pb::OrderState::Paid, "{flow}");
+        let attempt = response.attempt.expect("attempt");
+        assert_eq!(attempt.outcome(), pb::AttemptOutcome::Succeeded, "{flow}");
+        assert!(
+            attempt.gateway_payment_id.starts_with("pi_"),
+            "{flow}: {attempt:?}"
+        );
+        assert_eq!(attempt.gateway_idempotency_key, "pay:flow-1:1:create");
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        assert_eq!(ledger.intents.len(), 1, "{flow}");
+        assert_eq!(ledger.intents[0].times_charged, 1, "{flow}");
+        assert_eq!(ledger.intents[0].id, attempt.gateway_payment_id);
+        let (creates, confirms) = (ledger.calls.create, ledger.calls.confirm);
+        match flow {
+            "two_phase" => assert_eq!((creates, confirms), (1, 1)),
+            _ => assert_eq!((creates, confirms), (1, 0)),
+        }
+        // Events: ORDER_CREATED, ATTEMPT_STARTED, ATTEMPT_SUCCEEDED, sequences 1..3.
+        let kinds: Vec<String> = env
+            .sql()
+            .await
+            .query(
+                "SELECT kind FROM events WHERE order_id = 'flow-1' ORDER BY sequence",
+                &[],
+            )
+            .await
+            .expect("events")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            kinds,
+            ["ORDER_CREATED", "ATTEMPT_STARTED", "ATTEMPT_SUCCEEDED"]
+        );
+        // Paid: a second request with another key is refused without a gateway call.
+        let refused = op
+            .process_payment(pay("flow-1", 2500, "k2", "pm_card_visa"))
+            .await
+            .expect_err("paid");
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::FailedPrecondition, "ALREADY_PAID")
+        );
+        assert_eq!(
+            env.sim_control.ledger().await.expect("ledger").calls.create,
+            1
+        );
+        replica.stop().await;
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn decline_then_pay_same_key_joins_and_reuse_is_refused() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut op = replica.client(OPERATOR).await;
+
+    let declined = op
+        .process_payment(pay("o-1", 1500, "try-1", "pm_card_chargeDeclined"))
+        .await
+        .expect("declined")
+        .into_inner();
+    assert_eq!(
+        declined.order.as_ref().expect("order").state(),
+        pb::OrderState::Pending
+    );
+    let attempt = declined.attempt.expect("attempt");
+    assert_eq!(attempt.outcome(), pb::AttemptOutcome::Declined);
+    assert_eq!(attempt.decline_code, "generic_decline");
+
+    // The same key again: the caller's own finished attempt, no second gateway call.
+    let calls_before = env.sim_control.ledger().await.expect("ledger").calls;
+    let joined = op
+        .process_payment(pay("o-1", 1500, "try-1", "pm_card_chargeDeclined"))
+        .await
+        .expect("join")
+        .into_inner();
+    assert!(joined.joined_existing);
+    assert_eq!(joined.attempt.expect("attempt").number, 1);
+    assert_eq!(
+        env.sim_control.ledger().await.expect("ledger").calls,
+        calls_before
+    );
+
+    // The same key with another amount: refused.
+    let reused = op
+        .process_payment(pay("o-1", 9999, "try-1", "pm_card_visa"))
+        .await
+        .expect_err("reused");
+    assert_eq!(
+        (reused.code(), reason(&reused).as_str()),
+        (Code::InvalidArgument, "IDEMPOTENCY_KEY_REUSED")
+    );
+
+    // Another amount for the recorded order under a new key: ORDER_MISMATCH.
+    let mismatch = op
+        .process_payment(pay("o-1", 9999, "try-x", "pm_card_visa"))
+        .await
+        .expect_err("mismatch");
+    assert_eq!(
+        (mismatch.code(), reason(&mismatch).as_str()),
+        (Code::FailedPrecondition, "ORDER_MISMATCH")
+    );
+
+    // A second attempt with a good card pays.
+    let paid = op
+        .process_payment(pay("o-1", 1500, "try-2", "pm_card_visa"))
+        .await
+        .expect("paid")
+        .into_inner();
+    let order = paid.order.expect("order");
+    assert_eq!(order.state(), pb::OrderState::Paid);
+    assert_eq!(order.attempts.len(), 2);
+    assert_eq!(order.attempts[0].outcome(), pb::AttemptOutcome::Declined);
+    assert_eq!(order.attempts[1].outcome(), pb::AttemptOutcome::Succeeded);
+    assert_eq!(charges_by_order(&env).await.get("o-1"), Some(&1));
+
+    // GetOrder shows the same.
+    let got = op
+        .get_order(pb::GetOrderRequest {
+            order_id: "o-1".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.attempts.len(), 2);
+    assert_eq!(got.state(), pb::OrderState::Paid);
+    assert_eq!(got.items.len(), 1);
+    let missing = op
+        .get_order(pb::GetOrderRequest {
+            order_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(
+        (missing.code(), reason(&missing).as_str()),
+        (Code::NotFound, "ORDER_NOT_FOUND")
+    );
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_stale_holder_cannot_write_its_outcome() {
+    for flow in ["one_shot", "two_phase"] {
+        let env = TestEnv::new().await;
+        let replica = env.replica("r0", &["--gateway-flow", flow]).await;
+        let mut op = replica.client(OPERATOR).await;
+        env.sim_control
+            .set_faults(json!({ "latency_ms": 1500 }))
+            .await
+            .expect("slow gateway");
+        // Returns as soon as the attempt is committed.
+        let mut request = pay("fenced", 700, "k1", "pm_card_visa");
+        request.wait_for_outcome = false;
+        let started = op
+            .process_payment(request.clone())
+            .await
+            .expect("started")
+            .into_inner();
+        assert_eq!(
+            started.order.expect("order").state(),
+            pb::OrderState::AwaitingConfirmation
+        );
+        // A newer holder takes the attempt over (the recovery worker will do this for real).
+        let sql = env.sql().await;
+        sql.execute(
+            "UPDATE orders SET fence = fence + 1 WHERE order_id = 'fenced'",
+            &[],
+        )
+        .await
+        .expect("bump");
+        // Join our own attempt and wait until its task has finished.
+        request.wait_for_outcome = true;
+        let joined = op
+            .process_payment(request)
+            .await
+            .expect("join")
+            .into_inner();
+        assert!(joined.joined_existing);
+        let order = joined.order.expect("order");
+        assert_eq!(
+            order.state(),
+            pb::OrderState::AwaitingConfirmation,
+            "{flow}: the stale outcome was not written"
+        );
+        assert_eq!(
+            order.attempts[0].outcome(),
+            pb::AttemptOutcome::InFlight,
+            "{flow}"
+        );
+        let row = sql
+            .query_one(
+                "SELECT fence, state, last_sequence FROM orders WHERE order_id = 'fenced'",
+                &[],
+            )
+            .await
+            .expect("order row");
+        assert_eq!(row.get::<_, i64>(0), 2, "{flow}: the newer token stands");
+        assert_eq!(row.get::<_, String>(1), "AWAITING_CONFIRMATION");
+        assert_eq!(
+            row.get::<_, i64>(2),
+            2,
+            "{flow}: no outcome event was added"
+        );
+        replica.stop().await;
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_requests_leave_nothing_behind() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut op = replica.client(OPERATOR).await;
+    let good = pay("v-1", 100, "k", "pm_card_visa");
+    let card = "4242 4242 4242 4242";
+    let cases: Vec<(&str, pb::ProcessPaymentRequest)> = vec![
+        (
+            "order_id",
+            pb::ProcessPaymentRequest {
+                order_id: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "order_id",
+            pb::ProcessPaymentRequest {
+                order_id: "x".repeat(65),
+                ..good.clone()
+            },
+        ),
+        (
+            "order_id",
+            pb::ProcessPaymentRequest {
+                order_id: "bad id!".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "customer_id",
+            pb::ProcessPaymentRequest {
+                customer_id: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "amount",
+            pb::ProcessPaymentRequest {
+                amount: None,
+                ..good.clone()
+            },
+        ),
+        (
+            "amount.amount_minor",
+            pb::ProcessPaymentRequest {
+                amount: Some(pb::Money {
+                    amount_minor: 0,
+                    currency: "EUR".into(),
+                }),
+                ..good.clone()
+            },
+        ),
+        (
+            "amount.amount_minor",
+            pb::ProcessPaymentRequest {
+                amount: Some(pb::Money {
+                    amount_minor: 100_000_000,
+                    currency: "EUR".into(),
+                }),
+                ..good.clone()
+            },
+        ),
+        (
+            "amount.currency",
+            pb::ProcessPaymentRequest {
+                amount: Some(pb::Money {
+                    amount_minor: 100,
+                    currency: "EURO".into(),
+                }),
+                ..good.clone()
+            },
+        ),
+        (
+            "amount.currency",
+            pb::ProcessPaymentRequest {
+                amount: Some(pb::Money {
+                    amount_minor: 100,
+                    currency: "QQQ".into(),
+                }),
+                ..good.clone()
+            },
+        ),
+        (
+            "payment_method",
+            pb::ProcessPaymentRequest {
+                payment_method: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "payment_method",
+            pb::ProcessPaymentRequest {
+                payment_method: card.into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "payment_method",
+            pb::ProcessPaymentRequest {
+                payment_method: "4242424242424242".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "items",
+            pb::ProcessPaymentRequest {
+                items: vec![good.items[0].clone(); 101],
+                ..good.clone()
+            },
+        ),
+        (
+            "idempotency_key",
+            pb::ProcessPaymentRequest {
+                idempotency_key: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "idempotency_key",
+            pb::ProcessPaymentRequest {
+                idempotency_key: "k".repeat(256),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        let status = op.process_payment(request).await.expect_err("invalid");
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::InvalidArgument, "INVALID_REQUEST"),
+            "{field}"
+        );
+        let bad = status.get_details_bad_request().expect("BadRequest detail");
+        assert!(
+            bad.field_violations.iter().any(|v| v.field == field),
+            "{field} not named in {:?}",
+            bad.field_violations
+        );
+        assert!(
+            !status.message().contains("4242"),
+            "a card number must never be echoed: {}",
+            status.message()
+        );
+        for v in &bad.field_violations {
+            assert!(
+                !v.description.contains("4242"),
+                "a card number must never be echoed: {}",
+                v.description
+            );
+        }
+    }
+    // Several violations at once are all reported.
+    let status = op
+        .process_payment(pb::ProcessPaymentRequest {
+            order_id: String::new(),
+            customer_id: String::new(),
+            ..good.clone()
+        })
+        .await
+        .expect_err("invalid");
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert!(
+        fields.contains(&"order_id".to_owned()) && fields.contains(&"customer_id".to_owned()),
+        "{fields:?}"
+    );
+
+    assert_nothing_written(&env).await;
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+async fn assert_nothing_written(env: &TestEnv) {
+    assert_eq!(
+        count(env, "SELECT count(*) FROM orders").await,
+        0,
+        "no order row"
+    );
+    assert_eq!(
+        count(env, "SELECT count(*) FROM attempts").await,
+        0,
+        "no attempt row"
+    );
+    assert_eq!(
+        count(env, "SELECT count(*) FROM events").await,
+        0,
+        "no event"
+    );
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(ledger.intents.len(), 0, "no gateway call");
+    let calls = &ledger.calls;
+    assert_eq!(
+        calls.create + calls.confirm + calls.get + calls.cancel + calls.refund,
+        0,
+        "no gateway call"
+    );
+    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", env.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(keys.is_empty(), "no Redis key: {keys:?}");
+}
+
+#[tokio::test]
+async fn roles_and_credentials_are_enforced() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let good = pay("role-1", 100, "k", "pm_card_visa");
+
+    let mut anonymous = client(&replica.url, None).await;
+    let status = anonymous
+        .process_payment(good.clone())
+        .await
+        .expect_err("no key");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "UNAUTHENTICATED")
+    );
+    let mut stranger = client(&replica.url, Some("pk_test_not_a_key")).await;
+    let status = stranger
+        .process_payment(good.clone())
+        .await
+        .expect_err("unknown key");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "UNAUTHENTICATED")
+    );
+
+    // A service is a read-only consumer: no payments.
+    let mut service = replica.client(SERVICE).await;
+    let status = service
+        .process_payment(good.clone())
+        .await
+        .expect_err("service may not pay");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::PermissionDenied, "FORBIDDEN")
+    );
+    // An operator may not list reviews, refund, or pause.
+    let mut op = replica.client(OPERATOR).await;
+    let status = op
+        .list_manual_reviews(pb::ListManualReviewsRequest::default())
+        .await
+        .expect_err("operator");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::PermissionDenied, "FORBIDDEN")
+    );
+    let status = op
+        .pause_payments(pb::PausePaymentsRequest { reason: "x".into() })
+        .await
+        .expect_err("operator");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut reviewer = replica.client(REVIEWER).await;
+    let status = reviewer
+        .pause_payments(pb::PausePaymentsRequest { reason: "x".into() })
+        .await
+        .expect_err("reviewer");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = reviewer
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .expect_err("reviewer");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // An admin passes the role check (the RPC itself arrives with its issue).
+    let mut admin = replica.client(ADMIN).await;
+    let status = admin
+        .pause_payments(pb::PausePaymentsRequest { reason: "x".into() })
+        .await
+        .expect_err("not yet");
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert_nothing_written(&env).await;
+
+    // The caller's key id is the attempt's operator.
+    let paid = op
+        .process_payment(good)
+        .await
+        .expect("operator pays")
+        .into_inner();
+    assert_eq!(paid.attempt.expect("attempt").operator_id, OPERATOR);
+    let _ = key_for(OPERATOR);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_start_together_on_an_empty_database() {
+    let env = TestEnv::new().await;
+    let (a, b, c) = tokio::join!(
+        env.replica("s0", &[]),
+        env.replica("s1", &[]),
+        env.replica("s2", &[])
+    );
+    for r in [&a, &b, &c] {
+        let mut op = r.client(OPERATOR).await;
+        let missing = op
+            .get_order(pb::GetOrderRequest {
+                order_id: "none".into(),
+            })
+            .await
+            .expect_err("empty");
+        assert_eq!(missing.code(), Code::NotFound);
+    }
+    for r in [a, b, c] {
+        r.stop().await;
+    }
+    env.cleanup().await;
+}
