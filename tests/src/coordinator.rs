@@ -101,6 +101,11 @@ impl TestEnv {
 
     /// The settings of one replica of this environment, plus `extra` flags.
     pub fn settings(&self, replica: &str, extra: &[&str]) -> Settings {
+        Settings::try_parse_from(self.args(replica, extra, true)).expect("test settings parse")
+    }
+
+    /// Command-line arguments of one replica; `with_keys: false` leaves out `--api-keys-file`.
+    pub fn args(&self, replica: &str, extra: &[&str], with_keys: bool) -> Vec<String> {
         let sim_url = self.sim.base_url();
         let journal = self.dir.join(format!("journal-{replica}"));
         let journal = journal.to_string_lossy().into_owned();
@@ -119,15 +124,16 @@ impl TestEnv {
             &self.redis_prefix,
             "--gateway-url",
             &sim_url,
-            "--api-keys-file",
-            &keys,
             "--journal-dir",
             &journal,
             "--replica-id",
             replica,
         ];
+        if with_keys {
+            args.extend_from_slice(&["--api-keys-file", &keys]);
+        }
         args.extend_from_slice(extra);
-        Settings::try_parse_from(args).expect("test settings parse")
+        args.into_iter().map(str::to_owned).collect()
     }
 
     /// Starts a replica (its server on port 0) and waits until it listens.

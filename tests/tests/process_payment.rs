@@ -718,3 +718,69 @@ async fn three_replicas_start_together_on_an_empty_database() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn refusals_name_the_holder_and_the_server_outlives_the_callers_deadline() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 1500 }))
+        .await
+        .expect("slow gateway");
+    let mut alice = replica.client(OPERATOR).await;
+    let mut bob = replica.client(OPERATOR_2).await;
+
+    // Alice waits for the outcome, but only half a second: she gets the current state in time.
+    let mut request = tonic::Request::new(pay("held", 900, "alice-1", "pm_card_visa"));
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let early = alice
+        .process_payment(request)
+        .await
+        .expect("answered before the deadline")
+        .into_inner();
+    assert_eq!(
+        early.order.expect("order").state(),
+        pb::OrderState::AwaitingConfirmation
+    );
+
+    // Bob is refused at once and told who holds the order, without a gateway call of his own.
+    let refused = bob
+        .process_payment(pay("held", 900, "bob-1", "pm_card_visa"))
+        .await
+        .expect_err("held");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Aborted, "PAYMENT_IN_PROGRESS")
+    );
+    let info = refused.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.domain, "payments.v1");
+    assert_eq!(info.metadata.get("attempt").map(String::as_str), Some("1"));
+    assert_eq!(
+        info.metadata.get("operator_id").map(String::as_str),
+        Some(OPERATOR)
+    );
+    assert!(
+        info.metadata
+            .get("started_at")
+            .is_some_and(|t| t.starts_with("20")),
+        "{:?}",
+        info.metadata
+    );
+
+    // Alice's deadline passed, yet the server finished her attempt: joining it shows it paid.
+    let joined = alice
+        .process_payment(pay("held", 900, "alice-1", "pm_card_visa"))
+        .await
+        .expect("join")
+        .into_inner();
+    assert!(joined.joined_existing);
+    assert_eq!(joined.order.expect("order").state(), pb::OrderState::Paid);
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(
+        ledger.calls.create, 1,
+        "only Alice's attempt reached the gateway"
+    );
+    assert_eq!(charges_by_order(&env).await.get("held"), Some(&1));
+    replica.stop().await;
+    env.cleanup().await;
+}
