@@ -51,6 +51,7 @@ fn random_suffix() -> String {
 /// One test's world.
 pub struct TestEnv {
     pub db_name: String,
+    database_base: String,
     pub database_url: String,
     pub redis_url: String,
     pub redis_prefix: String,
@@ -66,6 +67,12 @@ impl TestEnv {
     }
 
     pub async fn with_sim(config: SimConfig) -> Self {
+        Self::with(config, base_database_url()).await
+    }
+
+    /// With the simulator configured as given and PostgreSQL at `database_base`
+    /// (`postgres://user@host:port`).
+    pub async fn with(config: SimConfig, database_base: String) -> Self {
         let suffix = random_suffix();
         let db_name = format!("coord_test_{suffix}");
         let dir = std::env::temp_dir().join(format!("coordinator-test-{suffix}"));
@@ -88,7 +95,8 @@ impl TestEnv {
         let sim = psp::spawn(config).await.expect("simulator");
         let sim_control = SimControl::new(&sim.base_url()).expect("sim control");
         Self {
-            database_url: format!("{}/{db_name}", base_database_url()),
+            database_url: format!("{database_base}/{db_name}"),
+            database_base,
             db_name,
             redis_url: redis_url(),
             redis_prefix: format!("test:{suffix}:"),

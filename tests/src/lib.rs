@@ -2,3 +2,4 @@
 
 pub mod coordinator;
 pub mod gateway_sim;
+pub mod pg;
