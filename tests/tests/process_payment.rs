@@ -204,6 +204,11 @@ async fn both_flows_pay_once() {
             "two_phase" => assert_eq!((creates, confirms), (1, 1)),
             _ => assert_eq!((creates, confirms), (1, 0)),
         }
+        // The lease was released (compare-and-delete) before the outcome was announced.
+        assert!(
+            redis_keys(&env).await.is_empty(),
+            "{flow}: lease left behind"
+        );
         // Events: ORDER_CREATED, ATTEMPT_STARTED, ATTEMPT_SUCCEEDED, sequences 1..3.
         let kinds: Vec<String> = env
             .sql()
@@ -600,17 +605,21 @@ async fn assert_nothing_written(env: &TestEnv) {
         0,
         "no gateway call"
     );
+    let keys = redis_keys(env).await;
+    assert!(keys.is_empty(), "no Redis key: {keys:?}");
+}
+
+async fn redis_keys(env: &TestEnv) -> Vec<String> {
     let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
+    redis::cmd("KEYS")
         .arg(format!("{}*", env.redis_prefix))
         .query_async(&mut conn)
         .await
-        .expect("keys");
-    assert!(keys.is_empty(), "no Redis key: {keys:?}");
+        .expect("keys")
 }
 
 #[tokio::test]
