@@ -156,7 +156,19 @@ impl Runner {
                 // persisted was never confirmed, so recovery knows nothing was charged through it.
                 match self.store.record_intent(&job.fence, &intent.id).await {
                     Ok(Fenced::Applied) => {}
-                    Ok(Fenced::Superseded) => return None,
+                    Ok(Fenced::Superseded) => {
+                        // Not confirmed, so nothing was charged through it; say where it is.
+                        self.note(
+                            job,
+                            "create",
+                            format!(
+                                "superseded before confirming; intent {} left unconfirmed",
+                                intent.id
+                            ),
+                        )
+                        .await;
+                        return None;
+                    }
                     Err(error) => {
                         // Without the id recorded we must not confirm: stop here; the intent
                         // stays unconfirmed (nothing charged) for recovery to find by metadata.
@@ -240,25 +252,52 @@ impl Runner {
                     .await;
             }
         };
-        let outcome = match &finish {
-            Finish::Succeeded { .. } => AttemptOutcome::Succeeded,
-            Finish::Declined { .. } => AttemptOutcome::Declined,
-        };
+        let outcome = finish.outcome();
+        let what = describe(&finish);
         // The outcome and its event in one transaction, fenced: a stale holder never
-        // overwrites a newer one's state.
-        match self
+        // overwrites a newer one's state. A brief store failure is retried (the write is
+        // idempotent thanks to its fence); the outcome is never dropped silently.
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + FINISH_RETRY_FOR;
+        loop {
+            match self
+                .store
+                .finish_attempt(&job.fence, &finish, &job.operator_id)
+                .await
+            {
+                Ok(Fenced::Applied) => return Some(outcome),
+                Ok(Fenced::Superseded) => {
+                    // A newer holder owns the order: its state stands. But what the gateway
+                    // told us is a fact the newer holder must be able to see (§1.3): keep it in
+                    // the attempt's history, append-only.
+                    tracing::error!(outcome = outcome.as_str(), %what, "superseded: outcome kept in the attempt's history only");
+                    self.note(job, step, format!("superseded holder learnt: {what}"))
+                        .await;
+                    return None;
+                }
+                Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, %what, "could not persist the outcome yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    // The failure-handling issue journals it locally; until then it stays in
+                    // flight for recovery, and the log carries everything to find it.
+                    tracing::error!(%error, outcome = outcome.as_str(), %what, "could not persist the attempt's outcome");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// An unfenced, append-only note in the attempt's history.
+    async fn note(&self, job: &AttemptJob, step: &str, message: String) {
+        if let Err(error) = self
             .store
-            .finish_attempt(&job.fence, &finish, &job.operator_id)
+            .note_unfenced(&job.fence.order_id, job.fence.attempt, step, &message)
             .await
         {
-            Ok(Fenced::Applied) => Some(outcome),
-            Ok(Fenced::Superseded) => None,
-            Err(error) => {
-                // The gateway produced an outcome PostgreSQL could not take. The failure-handling
-                // issue journals it locally; until then it stays in flight for recovery.
-                tracing::error!(%error, outcome = outcome.as_str(), "could not persist the attempt's outcome");
-                None
-            }
+            tracing::error!(%error, %message, "could not note it in the attempt's history");
         }
     }
 
@@ -276,6 +315,24 @@ impl Runner {
             Err(error) => tracing::error!(%error, "could not record the attempt's error"),
         }
         None
+    }
+}
+
+/// How long a store failure at the end of an attempt is retried before giving up on it.
+const FINISH_RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// The outcome in words, with the intent id, for logs and history.
+fn describe(finish: &Finish) -> String {
+    match finish {
+        Finish::Succeeded { intent_id } => format!("succeeded: {intent_id} charged"),
+        Finish::Declined {
+            intent_id,
+            decline_code,
+            message,
+        } => format!(
+            "declined ({decline_code}): {message}; intent {}",
+            intent_id.as_deref().unwrap_or("unknown")
+        ),
     }
 }
 

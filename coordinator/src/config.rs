@@ -81,11 +81,13 @@ pub struct Settings {
     pub gateway_capabilities: gateway_client::Capabilities,
 
     /// How long one gateway call may take before its outcome counts as unknown.
-    #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub gateway_timeout_ms: u64,
 
     /// An order lease's time to live; the holder renews it well before it runs out.
-    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000)]
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
     pub lease_ttl_ms: u64,
 
     /// Where traces go (OTLP); unset: no export.

@@ -398,6 +398,46 @@ async fn a_stale_holder_cannot_write_its_outcome() {
             2,
             "{flow}: no outcome event was added"
         );
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        let history: String = sql
+            .query_one(
+                "SELECT errors::text FROM attempts WHERE order_id = 'fenced'",
+                &[],
+            )
+            .await
+            .expect("attempt row")
+            .get(0);
+        let stored_intent: Option<String> = sql
+            .query_one(
+                "SELECT gateway_payment_id FROM attempts WHERE order_id = 'fenced'",
+                &[],
+            )
+            .await
+            .expect("attempt row")
+            .get(0);
+        match flow {
+            "two_phase" => {
+                // The stale holder could not record the intent, so it must not confirm it.
+                assert_eq!(
+                    ledger.calls.confirm, 0,
+                    "a superseded holder never confirms"
+                );
+                assert_eq!(ledger.totals.charges, 0);
+                assert_eq!(stored_intent, None);
+                assert!(history.contains("left unconfirmed"), "{history}");
+            }
+            _ => {
+                // The charge happened before the takeover could stop it: the outcome is not
+                // written as state, but it is not lost either.
+                assert_eq!(ledger.totals.charges, 1);
+                let intent = &ledger.intents[0].id;
+                assert!(
+                    history.contains("superseded holder learnt")
+                        && history.contains(intent.as_str()),
+                    "{history}"
+                );
+            }
+        }
         replica.stop().await;
         env.cleanup().await;
     }
@@ -791,5 +831,151 @@ async fn refusals_name_the_holder_and_the_server_outlives_the_callers_deadline()
     );
     assert_eq!(charges_by_order(&env).await.get("held"), Some(&1));
     replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn callers_that_give_up_early_never_strand_an_attempt() {
+    // Deadlines so short that many calls are abandoned between the attempt's commit and the
+    // gateway call: every attempt that was committed must still be driven to its outcome.
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let op = replica.client(OPERATOR).await;
+    let mut calls = Vec::new();
+    for i in 0..120u64 {
+        let mut op = op.clone();
+        calls.push(tokio::spawn(async move {
+            let mut request = tonic::Request::new(pay(
+                &format!("hasty-{i}"),
+                300,
+                &format!("h-{i}"),
+                "pm_card_visa",
+            ));
+            request.set_timeout(std::time::Duration::from_millis(1 + i % 25));
+            let _ = op.process_payment(request).await;
+        }));
+    }
+    for call in calls {
+        call.await.expect("caller");
+    }
+    let mut op = op.clone();
+    let mut committed = 0;
+    for i in 0..120u64 {
+        let order_id = format!("hasty-{i}");
+        match op
+            .get_order(pb::GetOrderRequest {
+                order_id: order_id.clone(),
+            })
+            .await
+        {
+            Err(status) => assert_eq!(status.code(), Code::NotFound),
+            Ok(_) => {
+                committed += 1;
+                // Join with the same key and wait: the attempt must reach its outcome.
+                let joined = op
+                    .process_payment(pay(&order_id, 300, &format!("h-{i}"), "pm_card_visa"))
+                    .await;
+                let joined = joined.expect("join").into_inner();
+                assert_eq!(
+                    joined.attempt.expect("attempt").outcome(),
+                    pb::AttemptOutcome::Succeeded,
+                    "{order_id} was committed but never driven"
+                );
+            }
+        }
+    }
+    let charges = charges_by_order(&env).await;
+    assert_eq!(charges.len(), committed, "one charge per committed attempt");
+    assert!(charges.values().all(|c| *c == 1));
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_recorded_not_guessed() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut op = replica.client(OPERATOR).await;
+    // The gateway charges, then answers 500: the coordinator cannot know.
+    env.sim_control
+        .set_faults(json!({ "next": ["error_500_after"], "operations": ["confirm"] }))
+        .await
+        .expect("faults");
+    let response = op
+        .process_payment(pay("unknown-1", 800, "k1", "pm_card_visa"))
+        .await
+        .expect("answered")
+        .into_inner();
+    let order = response.order.expect("order");
+    assert_eq!(
+        order.state(),
+        pb::OrderState::AwaitingConfirmation,
+        "locked, not guessed"
+    );
+    let attempt = response.attempt.expect("attempt");
+    assert_eq!(attempt.outcome(), pb::AttemptOutcome::InFlight);
+    assert!(
+        attempt.gateway_payment_id.starts_with("pi_"),
+        "the intent id was persisted before confirming"
+    );
+    assert!(
+        attempt
+            .errors
+            .iter()
+            .any(|e| e.step == "confirm" && e.message.contains("500")),
+        "the reason is in the error history: {:?}",
+        attempt.errors
+    );
+    // Nobody else may pay it meanwhile, and the gateway saw exactly one create and one confirm.
+    let refused = op
+        .process_payment(pay("unknown-1", 800, "k2", "pm_card_visa"))
+        .await
+        .expect_err("locked");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Aborted, "PAYMENT_IN_PROGRESS")
+    );
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!((ledger.calls.create, ledger.calls.confirm), (1, 1));
+    assert!(redis_keys(&env).await.is_empty(), "the lease was released");
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_request_twice_at_once_joins_and_a_join_elsewhere_waits() {
+    let env = TestEnv::new().await;
+    let r0 = env.replica("r0", &[]).await;
+    let r1 = env.replica("r1", &[]).await;
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 400 }))
+        .await
+        .expect("slow gateway");
+    let (mut a, mut b) = (r0.client(OPERATOR).await, r1.client(OPERATOR).await);
+    // The same caller sends the same request twice at once, through two replicas.
+    let (first, second) = tokio::join!(
+        a.process_payment(pay("twice", 600, "same", "pm_card_visa")),
+        b.process_payment(pay("twice", 600, "same", "pm_card_visa")),
+    );
+    let (first, second) = (
+        first.expect("first").into_inner(),
+        second.expect("second").into_inner(),
+    );
+    assert_ne!(
+        first.joined_existing, second.joined_existing,
+        "one started, the other joined it"
+    );
+    for response in [&first, &second] {
+        // The joiner waited for the outcome even when the attempt ran on the other replica.
+        assert_eq!(
+            response.order.as_ref().expect("order").state(),
+            pb::OrderState::Paid
+        );
+    }
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(ledger.calls.create, 1);
+    assert_eq!(charges_by_order(&env).await.get("twice"), Some(&1));
+    r0.stop().await;
+    r1.stop().await;
     env.cleanup().await;
 }

@@ -12,15 +12,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use payments_proto::v1 as pb;
+use tokio::sync::oneshot;
 use tonic::{Request, Response};
+use tracing::Instrument;
 
 use super::{Coordinator, convert, deadline};
 use crate::{
     attempt::AttemptJob,
     auth::Caller,
-    domain::{AttemptOutcome, PaymentRequest},
+    domain::{AttemptOutcome, OrderState, PaymentRequest},
     error::Error,
-    lease::{Acquire, LeaseHolder},
+    lease::{Acquire, Lease, LeaseHolder},
     store::{Begin, BeginRefusal, Fence, LineItemRecord, NewAttempt},
 };
 
@@ -59,31 +61,9 @@ impl Coordinator {
                 .await;
         }
 
-        // 2. The lease: an early, cheap refusal. Redis being down is not a reason to refuse a
-        //    payment: PostgreSQL's fence is what guarantees one attempt at a time.
-        let holder = LeaseHolder {
-            replica: self.replica.clone(),
-            operator_id: caller.id.clone(),
-            started_at_ms: unix_ms(SystemTime::now()),
-            attempt: None,
-        };
-        let lease = match &self.leases {
-            None => None,
-            Some(leases) => match leases.acquire(req.order_id.as_str(), holder).await {
-                Ok(Acquire::Held(lease)) => Some(lease),
-                Ok(Acquire::Busy(holder)) => {
-                    return Err(self
-                        .in_progress_from_lease(req.order_id.as_str(), holder)
-                        .await);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "Redis unavailable for the lease; relying on PostgreSQL alone");
-                    None
-                }
-            },
-        };
-
-        // 3. The attempt, committed before any gateway call.
+        // 2.–4. Lease, attempt commit and gateway flow run in a task the server owns, so a
+        //    caller whose deadline passes or who disconnects can never leave a committed attempt
+        //    without anyone to drive it (§1.7): the handler only waits for the task's answer.
         let new = NewAttempt {
             order_id: req.order_id.as_str().to_owned(),
             amount_minor: req.amount.amount_minor(),
@@ -102,35 +82,79 @@ impl Coordinator {
             operator_id: caller.id.clone(),
             replica_id: self.replica.clone(),
             request_key: req.idempotency_key.as_str().to_owned(),
-            fingerprint: fingerprint.clone(),
+            fingerprint,
             flow: self.runner.gateway.flow(),
         };
-        let begun = self.store.begin_attempt(&new).await;
-        let (order, attempt) = match begun {
+        let (answer, answered) = oneshot::channel();
+        let this = self.clone();
+        self.tracker.spawn(
+            this.start_attempt(new, answer)
+                .instrument(tracing::Span::current()),
+        );
+        match answered.await {
+            Ok(Ok(Started::New(at))) => {
+                self.respond(at, req.wait_for_outcome, wait_until, false)
+                    .await
+            }
+            Ok(Ok(Started::Joined(at))) => {
+                self.respond(at, req.wait_for_outcome, wait_until, true)
+                    .await
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Internal(
+                "the attempt task ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// Lease, attempt commit, then the gateway flow, all in one server-owned task. `answer`
+    /// receives the caller's answer as soon as it is known (refused, joined, or committed); the
+    /// task goes on to drive a committed attempt whether anyone still listens or not.
+    async fn start_attempt(self, new: NewAttempt, answer: oneshot::Sender<Result<Started, Error>>) {
+        let lease = match self.take_lease(&new).await {
+            Ok(lease) => lease,
+            Err(decided) => {
+                let _ = answer.send(decided);
+                return;
+            }
+        };
+        let release = async |lease: &Option<Lease>| {
+            if let (Some(leases), Some(lease)) = (&self.leases, lease)
+                && let Err(error) = leases.release(lease).await
+            {
+                tracing::warn!(%error, "could not release the lease after a refusal");
+            }
+        };
+
+        // The attempt, committed before any gateway call: PostgreSQL is the lock of record.
+        let (order, attempt) = match self.store.begin_attempt(&new).await {
             Ok(Begin::Started { order, attempt }) => (order, attempt),
-            other => {
-                if let (Some(leases), Some(lease)) = (&self.leases, &lease) {
-                    if let Err(error) = leases.release(lease).await {
-                        tracing::warn!(%error, "could not release the lease after a refusal");
-                    }
-                }
-                return match other {
-                    Ok(Begin::Started { .. }) => Err(Error::Internal("unreachable".into())),
-                    Ok(Begin::Refused(refusal)) => Err(refused(req.order_id.as_str(), refusal)),
-                    Ok(Begin::KeyTaken {
-                        order_id,
-                        attempt,
-                        fingerprint: theirs,
-                    }) => {
-                        // A concurrent request with the same key committed first: join it.
-                        if theirs != fingerprint || order_id != req.order_id.as_str() {
-                            return Err(Error::IdempotencyKeyReused);
-                        }
-                        self.respond((order_id, attempt), req.wait_for_outcome, wait_until, true)
-                            .await
-                    }
-                    Err(error) => Err(error.into()),
+            Ok(Begin::Refused(refusal)) => {
+                release(&lease).await;
+                let _ = answer.send(Err(refused(&new.order_id, refusal)));
+                return;
+            }
+            Ok(Begin::KeyTaken {
+                order_id,
+                attempt,
+                fingerprint,
+            }) => {
+                // A concurrent request with the same key committed first: join it.
+                release(&lease).await;
+                let joined = if fingerprint == new.fingerprint && order_id == new.order_id {
+                    Ok(Started::Joined((order_id, attempt)))
+                } else {
+                    Err(Error::IdempotencyKeyReused)
                 };
+                let _ = answer.send(joined);
+                return;
+            }
+            Err(error) => {
+                // If the commit itself lost its connection, the attempt may exist: the caller's
+                // retry with the same key joins it, and recovery drives it (failure-handling issue).
+                release(&lease).await;
+                let _ = answer.send(Err(error.into()));
+                return;
             }
         };
         tracing::Span::current().record("attempt", attempt.number);
@@ -140,13 +164,12 @@ impl Coordinator {
             "attempt committed"
         );
 
-        // 4. The gateway, in a task the server owns: a client that goes away cannot cancel it.
         let mut lease = lease;
-        if let (Some(leases), Some(l)) = (&self.leases, lease.as_mut()) {
+        if let (Some(leases), Some(l)) = (&self.leases, lease.as_mut())
             // So that refused callers learn which attempt holds the order.
-            if let Err(error) = leases.set_attempt(l, attempt.number).await {
-                tracing::warn!(%error, "could not note the attempt on the lease");
-            }
+            && let Err(error) = leases.set_attempt(l, attempt.number).await
+        {
+            tracing::warn!(%error, "could not note the attempt on the lease");
         }
         let job = AttemptJob {
             fence: Fence {
@@ -157,20 +180,92 @@ impl Coordinator {
             amount_minor: order.amount_minor,
             currency: order.currency.clone(),
             payment_method: attempt.payment_method.clone(),
-            operator_id: caller.id.clone(),
+            operator_id: new.operator_id.clone(),
             lease,
         };
+        // Open before answering, so a waiting caller always finds the board entry.
         self.runner.board.open(&order.order_id, attempt.number);
-        let runner = self.runner.clone();
-        self.tracker.spawn(runner.run(job));
+        let _ = answer.send(Ok(Started::New((order.order_id.clone(), attempt.number))));
+        self.runner.clone().run(job).await;
+    }
 
-        self.respond(
-            (order.order_id, attempt.number),
-            req.wait_for_outcome,
-            wait_until,
-            false,
-        )
-        .await
+    /// The Redis lease: an early, cheap refusal. `Ok(None)`: go on without one (Redis is
+    /// unreachable, or the lease is held but PostgreSQL says the order is payable: its holder is
+    /// still committing or its lease outlived its attempt; either way PostgreSQL decides).
+    /// `Err(answer)`: the caller's answer is already known.
+    async fn take_lease(&self, new: &NewAttempt) -> Result<Option<Lease>, Result<Started, Error>> {
+        let Some(leases) = &self.leases else {
+            return Ok(None);
+        };
+        let holder = LeaseHolder {
+            replica: self.replica.clone(),
+            operator_id: new.operator_id.clone(),
+            started_at_ms: unix_ms(SystemTime::now()),
+            attempt: None,
+        };
+        let busy = match leases.acquire(&new.order_id, holder).await {
+            Ok(Acquire::Held(lease)) => return Ok(Some(lease)),
+            Ok(Acquire::Busy(holder)) => holder,
+            Err(error) => {
+                // Redis being down is no reason to refuse a payment: PostgreSQL's fence is what
+                // guarantees one attempt at a time.
+                tracing::warn!(%error, "Redis unavailable for the lease; relying on PostgreSQL alone");
+                return Ok(None);
+            }
+        };
+        // The holder may be this caller's own request with the same key, committed meanwhile.
+        if busy.operator_id == new.operator_id {
+            match self
+                .store
+                .find_request(&new.operator_id, &new.request_key)
+                .await
+            {
+                Ok(Some((order_id, attempt, fingerprint))) => {
+                    return Err(
+                        if fingerprint == new.fingerprint && order_id == new.order_id {
+                            Ok(Started::Joined((order_id, attempt)))
+                        } else {
+                            Err(Error::IdempotencyKeyReused)
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(error) => return Err(Err(error.into())),
+            }
+        }
+        // Refuse with what PostgreSQL, the lock of record, says about the order.
+        let order = match self.store.get_order(&new.order_id).await {
+            Ok(order) => order,
+            Err(error) => return Err(Err(error.into())),
+        };
+        let Some(order) = order else { return Ok(None) };
+        let order_id = order.order_id.clone();
+        match order.state {
+            OrderState::AwaitingConfirmation => {
+                let in_flight = order
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find(|a| a.outcome == AttemptOutcome::InFlight);
+                Err(Err(match in_flight {
+                    Some(a) => Error::PaymentInProgress {
+                        attempt: a.number,
+                        operator_id: a.operator_id.clone(),
+                        started_at: a.started_at,
+                    },
+                    None => Error::PaymentInProgress {
+                        attempt: busy.attempt.unwrap_or(0),
+                        operator_id: busy.operator_id,
+                        started_at: UNIX_EPOCH
+                            + Duration::from_millis(u64::try_from(busy.started_at_ms).unwrap_or(0)),
+                    },
+                }))
+            }
+            OrderState::Paid => Err(Err(Error::AlreadyPaid { order_id })),
+            OrderState::Refunded => Err(Err(Error::Refunded { order_id })),
+            OrderState::ManualReview => Err(Err(Error::InManualReview { order_id })),
+            OrderState::Pending => Ok(None),
+        }
     }
 
     /// The caller's earlier request with this key, if any: `Some((order_id, attempt))` to join,
@@ -197,6 +292,25 @@ impl Coordinator {
         }
     }
 
+    /// Waits until the attempt is no longer in flight, or the deadline.
+    async fn wait_in_store(&self, order_id: &str, attempt: i32, wait_until: tokio::time::Instant) {
+        const EVERY: Duration = Duration::from_millis(100);
+        loop {
+            let done = match self.store.get_order(order_id).await {
+                Ok(Some(order)) => order
+                    .attempts
+                    .iter()
+                    .any(|a| a.number == attempt && a.outcome != AttemptOutcome::InFlight),
+                // Nothing to wait for; the answer below reports what is (or the error).
+                _ => true,
+            };
+            if done || tokio::time::Instant::now() + EVERY >= wait_until {
+                return;
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    }
+
     /// Answers with the order and the attempt, after waiting for its outcome if asked.
     async fn respond(
         &self,
@@ -206,10 +320,16 @@ impl Coordinator {
         joined_existing: bool,
     ) -> Result<Response<pb::ProcessPaymentResponse>, Error> {
         if wait {
-            if let Some(mut outcome) = self.runner.board.subscribe(&order_id, attempt) {
-                // Woken by the task itself: no polling. On the deadline, answer with what is.
-                let _ =
-                    tokio::time::timeout_at(wait_until, outcome.wait_for(Option::is_some)).await;
+            match self.runner.board.subscribe(&order_id, attempt) {
+                Some(mut outcome) => {
+                    // Woken by the task itself: no polling. On the deadline, answer with what is.
+                    let _ = tokio::time::timeout_at(wait_until, outcome.wait_for(Option::is_some))
+                        .await;
+                }
+                // The attempt runs on another replica (a join, or after a restart): follow
+                // PostgreSQL until it has an outcome. Joins are rare; the first caller never
+                // takes this path.
+                None => self.wait_in_store(&order_id, attempt, wait_until).await,
             }
         }
         let order = self.store.get_order(&order_id).await?.ok_or_else(|| {
@@ -227,29 +347,14 @@ impl Coordinator {
             joined_existing,
         }))
     }
+}
 
-    /// `PAYMENT_IN_PROGRESS` naming the lease's holder. A holder still committing has no
-    /// attempt number on its lease yet: then PostgreSQL's in-flight attempt names it, if any.
-    async fn in_progress_from_lease(&self, order_id: &str, holder: LeaseHolder) -> Error {
-        let started_at =
-            UNIX_EPOCH + Duration::from_millis(u64::try_from(holder.started_at_ms).unwrap_or(0));
-        let mut attempt = holder.attempt;
-        if attempt.is_none() {
-            if let Ok(Some(order)) = self.store.get_order(order_id).await {
-                attempt = order
-                    .attempts
-                    .iter()
-                    .rev()
-                    .find(|a| a.outcome == AttemptOutcome::InFlight)
-                    .map(|a| a.number);
-            }
-        }
-        Error::PaymentInProgress {
-            attempt: attempt.unwrap_or(0),
-            operator_id: holder.operator_id,
-            started_at,
-        }
-    }
+/// What the attempt task tells the waiting handler.
+enum Started {
+    /// A new attempt was committed: (order id, attempt number).
+    New((String, i32)),
+    /// The caller's own earlier request with this key.
+    Joined((String, i32)),
 }
 
 fn refused(order_id: &str, refusal: BeginRefusal) -> Error {

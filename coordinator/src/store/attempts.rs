@@ -318,6 +318,32 @@ impl Store {
         Ok(fenced(updated, fence, "append_error"))
     }
 
+    /// Appends to the attempt's error history WITHOUT a fence. Only for what a superseded
+    /// holder learnt from the gateway (an outcome it may no longer write as state): history is
+    /// append-only and never decides anything, and losing it would lose an outcome (§1.3).
+    pub async fn note_unfenced(
+        &self,
+        order_id: &str,
+        attempt: i32,
+        step: &str,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let message: String = message.chars().take(MAX_ERROR_MESSAGE).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE attempts SET errors = errors || jsonb_build_array(jsonb_build_object( \
+                     'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                     'step', $3::text, 'message', $4::text)) \
+                 WHERE order_id = $1 AND number = $2",
+            )
+            .await?;
+        let updated = client
+            .execute(&statement, &[&order_id, &attempt, &step, &message])
+            .await?;
+        Ok(updated > 0)
+    }
+
     /// Records the attempt's outcome, in ONE transaction: the order (locked, fence checked), the
     /// attempt, the order's new state as the state machine says, and the event.
     pub async fn finish_attempt(
