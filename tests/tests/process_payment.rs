@@ -979,3 +979,48 @@ async fn the_same_request_twice_at_once_joins_and_a_join_elsewhere_waits() {
     r1.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_lease_that_outlived_its_attempt_does_not_block_the_order() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut op = replica.client(OPERATOR).await;
+    op.process_payment(pay("paid-1", 100, "k1", "pm_card_visa"))
+        .await
+        .expect("paid");
+    // Leases left behind by a holder that died without releasing them.
+    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for order in ["paid-1", "fresh-1"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}lease:order:{order}", env.redis_prefix))
+            .arg(r#"{"replica":"gone","operator_id":"op-ghost","started_at_ms":1,"attempt":7,"nonce":"x"}"#)
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut conn)
+            .await
+            .expect("plant a stale lease");
+    }
+    // A paid order says so, not PAYMENT_IN_PROGRESS for a ghost.
+    let refused = op
+        .process_payment(pay("paid-1", 100, "k2", "pm_card_visa"))
+        .await
+        .expect_err("paid");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "ALREADY_PAID")
+    );
+    // A payable order is paid: PostgreSQL, not the stale lease, decides.
+    let paid = op
+        .process_payment(pay("fresh-1", 100, "k3", "pm_card_visa"))
+        .await
+        .expect("pays")
+        .into_inner();
+    assert_eq!(paid.order.expect("order").state(), pb::OrderState::Paid);
+    assert_eq!(charges_by_order(&env).await.get("fresh-1"), Some(&1));
+    replica.stop().await;
+    env.cleanup().await;
+}
