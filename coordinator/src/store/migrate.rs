@@ -17,17 +17,28 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Never edit one that has shipped: add the next.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "orders_attempts_events",
-    sql: include_str!("../../migrations/0001_orders_attempts_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "orders_attempts_events",
+        sql: include_str!("../../migrations/0001_orders_attempts_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "event_feed",
+        sql: include_str!("../../migrations/0002_event_feed.sql"),
+    },
+];
 
 /// The advisory lock serialising migrations across replicas ("payments" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7061_796d_656e_7473;
 
 pub(super) async fn run(client: &mut Object) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    // The pool's connections carry a `statement_timeout` (see `store::SESSION_OPTIONS`): a replica
+    // queueing behind another's migration, or a migration rebuilding an index on a big table, must
+    // not be cut short by it. `SET LOCAL` ends with this transaction.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     // Under the lock, so that concurrent replicas never race on creating this table either.

@@ -9,6 +9,7 @@
 //! expired Redis lease, partitioned replica) can never overwrite a newer holder's state.
 
 mod attempts;
+pub(crate) mod events;
 mod migrate;
 mod orders;
 mod records;
@@ -19,6 +20,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use events::{Backlog, EventRecord};
 pub use migrate::MIGRATIONS;
 pub use records::{
     AttemptRecord, Begin, BeginRefusal, ErrorEntry, Fence, Fenced, Finish, LineItemRecord,
@@ -31,6 +33,15 @@ use crate::domain::UnknownStoredValue;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a health probe may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Server-side limits on every coordinator connection (the pool's and the feed's own), so that the
+/// coordinator's transactions stay short whatever goes wrong in the process: no statement runs
+/// longer than this...
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... and a transaction left idle (a stuck task, a bug holding a transaction across an await) is
+/// ended by the server after this, releasing its row locks. An open transaction also delays its own
+/// events on the feed (they are stamped only once committed) and holds back vacuum.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,11 +126,9 @@ impl Store {
     /// Safe when several replicas start at once: a concurrent `CREATE DATABASE` is tolerated and the
     /// migrations run under an advisory lock.
     pub async fn connect(database_url: &str, pool_size: usize) -> Result<Store, StoreError> {
-        let mut config: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
+        let mut config = session_config(database_url)?;
+        if config.get_application_name().is_none() {
+            config.application_name("coordinator");
         }
         ensure_database(&config).await?;
 
@@ -160,6 +169,29 @@ impl Store {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
     }
+}
+
+/// The connection settings of `database_url` with the coordinator's session limits
+/// (`STATEMENT_TIMEOUT`, `IDLE_IN_TRANSACTION_TIMEOUT`) and a connect timeout. Options already in the
+/// URL come after ours, so an operator's explicit setting wins.
+pub fn session_config(database_url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let ours = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    };
+    config.options(&options);
+    Ok(config)
 }
 
 /// Creates the database named in `config` if it does not exist (SQLSTATE 3D000 on connect), through
