@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod lease;
 pub mod server;
 pub mod store;

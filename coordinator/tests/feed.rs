@@ -1,0 +1,862 @@
+//! The event feed against a real PostgreSQL: each test in its own fresh database, dropped at the end.
+//!
+//! `DATABASE_URL_BASE` (default `postgres://root@127.0.0.1:5432`) names the server. Events are
+//! written the way the store writes them (the order's row locked and its `last_sequence` bumped,
+//! the event inserted, in one transaction), with plain connections, so that the tests can hold a
+//! transaction open at will.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coordinator::domain::{EventKind, OrderState};
+use coordinator::feed::{
+    Feed, FeedConfig, FeedEvent, LISTENER_APPLICATION_NAME, SEQUENCER_APPLICATION_NAME,
+};
+use coordinator::store::{
+    Begin, Fence, Fenced, Finish, LineItemRecord, NewAttempt, Store, StoreError,
+};
+use gateway_client::Flow;
+use rand::Rng;
+use tokio_postgres::{GenericClient, NoTls};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Only fails a hung test: every wait is for the awaited event itself.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL_BASE")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A database name no other test uses; dropped (with FORCE) when the guard goes, even on panic.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn new() -> TestDb {
+        let suffix: u64 = rand::rng().random();
+        TestDb {
+            name: format!("feed_test_{suffix:016x}"),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", base_url(), self.name)
+    }
+
+    async fn store(&self) -> Store {
+        Store::connect(&self.url(), 8).await.expect("connect")
+    }
+
+    /// A plain connection to the test database.
+    async fn sql(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("connect for SQL");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One coordinator replica's feed; stopped when dropped.
+struct Replica {
+    feed: Feed,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Replica {
+    async fn start(db: &TestDb) -> Replica {
+        Replica::start_with(db, FeedConfig::default()).await
+    }
+
+    async fn start_with(db: &TestDb, config: FeedConfig) -> Replica {
+        let store = db.store().await;
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let feed = Feed::start_with(&db.url(), store, &tracker, shutdown.clone(), config)
+            .await
+            .expect("feed");
+        Replica {
+            feed,
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// Stops the sequencer and the listener, and waits until their connections are closed.
+    async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(GUARD, self.tracker.wait())
+            .await
+            .expect("feed tasks stop");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<FeedEvent, StoreError>> + Send>>;
+
+fn all_after(feed: &Feed, after: i64) -> Events {
+    Box::pin(feed.events_after(after))
+}
+
+fn order_after(feed: &Feed, order_id: &str, after: i64) -> Events {
+    Box::pin(feed.order_events_after(order_id.to_owned(), after))
+}
+
+async fn next(stream: &mut Events) -> FeedEvent {
+    tokio::time::timeout(GUARD, stream.next())
+        .await
+        .expect("an event within the guard time")
+        .expect("the stream goes on")
+        .expect("no store error")
+}
+
+async fn take(stream: &mut Events, n: usize) -> Vec<FeedEvent> {
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        events.push(next(stream).await);
+    }
+    events
+}
+
+fn positions(events: &[FeedEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.global_sequence).collect()
+}
+
+fn dense(from: i64, to: i64) -> Vec<i64> {
+    (from..=to).collect()
+}
+
+async fn create_orders(client: &impl GenericClient, order_ids: &[&str]) {
+    for order_id in order_ids {
+        client
+            .execute(
+                "INSERT INTO orders (order_id, amount_minor, currency, customer_id, state) \
+                 VALUES ($1, 1000, 'EUR', 'cust-1', 'PENDING')",
+                &[order_id],
+            )
+            .await
+            .expect("create order");
+    }
+}
+
+/// Appends one event to the order as the store does: lock the order and take its next sequence,
+/// insert the event. Returns `(id, sequence)`.
+async fn append(client: &impl GenericClient, order_id: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "UPDATE orders SET last_sequence = last_sequence + 1, updated_at = now() \
+             WHERE order_id = $1 RETURNING last_sequence",
+            &[&order_id],
+        )
+        .await
+        .expect("bump the order's sequence");
+    let sequence: i64 = row.get(0);
+    let row = client
+        .query_one(
+            "INSERT INTO events (order_id, sequence, kind, state, attempt_number, actor, detail) \
+             VALUES ($1, $2, 'ATTEMPT_STARTED', 'AWAITING_CONFIRMATION', 1, 'tester', '') \
+             RETURNING id",
+            &[&order_id, &sequence],
+        )
+        .await
+        .expect("insert the event");
+    (row.get(0), sequence)
+}
+
+/// Appends `count` events to the order in one statement pair (for volume).
+async fn append_many(client: &impl GenericClient, order_id: &str, count: i64) {
+    let row = client
+        .query_one(
+            "UPDATE orders SET last_sequence = last_sequence + $2 WHERE order_id = $1 \
+             RETURNING last_sequence - $2",
+            &[&order_id, &count],
+        )
+        .await
+        .expect("bump");
+    let first: i64 = row.get(0);
+    client
+        .execute(
+            "INSERT INTO events (order_id, sequence, kind, state, actor) \
+             SELECT $1, s, 'ATTEMPT_STARTED', 'AWAITING_CONFIRMATION', 'bulk' \
+             FROM generate_series($2::bigint + 1, $2::bigint + $3) AS s ORDER BY s",
+            &[&order_id, &first, &count],
+        )
+        .await
+        .expect("insert events");
+}
+
+/// Commits one event in its own transaction.
+async fn commit_one(client: &mut tokio_postgres::Client, order_id: &str) -> (i64, i64) {
+    let tx = client.transaction().await.expect("begin");
+    let appended = append(&tx, order_id).await;
+    tx.commit().await.expect("commit");
+    appended
+}
+
+/// Each order's sequences appear in increasing order, each once.
+fn assert_per_order_order(events: &[FeedEvent]) {
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for event in events {
+        let previous = last.insert(&event.order_id, event.sequence).unwrap_or(0);
+        assert_eq!(
+            event.sequence,
+            previous + 1,
+            "order {} out of order at position {}",
+            event.order_id,
+            event.global_sequence
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Interleaving {
+    /// A inserts its event, B inserts and commits, A commits.
+    EventFirst,
+    /// A writes another row, then its event; B inserts and commits; A commits.
+    OtherRowFirst,
+    /// A writes another row; B inserts and commits; A inserts its event (a larger id than B's); A
+    /// commits.
+    OtherRowThenEventAfterB,
+}
+
+async fn late_commit(interleaving: Interleaving) {
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = &replica.feed;
+    let mut a = db.sql().await;
+    let mut b = db.sql().await;
+    let mut c = db.sql().await;
+    create_orders(&c, &["ord-a", "ord-b", "ord-c", "ord-x"]).await;
+
+    // Position 1, so that the resumed stream has a real cursor.
+    let mut live = all_after(feed, 0);
+    let (_, _) = commit_one(&mut c, "ord-c").await;
+    feed.nudge();
+    let first = next(&mut live).await;
+    assert_eq!(
+        (first.global_sequence, first.order_id.as_str()),
+        (1, "ord-c")
+    );
+
+    // A: open, holding its writes.
+    let tx_a = a.transaction().await.expect("begin A");
+    let mut a_event = None;
+    match interleaving {
+        Interleaving::EventFirst => a_event = Some(append(&tx_a, "ord-a").await),
+        Interleaving::OtherRowFirst => {
+            tx_a.execute(
+                "UPDATE orders SET updated_at = now() WHERE order_id = 'ord-x'",
+                &[],
+            )
+            .await
+            .expect("A's other row");
+            a_event = Some(append(&tx_a, "ord-a").await);
+        }
+        Interleaving::OtherRowThenEventAfterB => {
+            tx_a.execute(
+                "UPDATE orders SET updated_at = now() WHERE order_id = 'ord-x'",
+                &[],
+            )
+            .await
+            .expect("A's other row");
+        }
+    }
+
+    // B commits first.
+    let (b_id, _) = commit_one(&mut b, "ord-b").await;
+    feed.nudge();
+    let (a_id, _) = match a_event {
+        Some(appended) => appended,
+        None => append(&tx_a, "ord-a").await,
+    };
+    match interleaving {
+        Interleaving::OtherRowThenEventAfterB => assert!(a_id > b_id),
+        _ => assert!(a_id < b_id, "A took its insertion id first"),
+    }
+
+    // B is stamped and delivered while A is open: a live watcher and a watcher resumed from 1.
+    let got_b = next(&mut live).await;
+    assert_eq!(
+        (got_b.global_sequence, got_b.order_id.as_str()),
+        (2, "ord-b")
+    );
+    let mut resumed = all_after(feed, 1);
+    let resumed_b = next(&mut resumed).await;
+    assert_eq!(resumed_b, got_b);
+    // The sequencer passed over A's event: from inside A it is still unstamped; nothing committed
+    // is waiting (A's row is invisible to everyone else).
+    let own: Option<i64> = tx_a
+        .query_one("SELECT global_sequence FROM events WHERE id = $1", &[&a_id])
+        .await
+        .expect("A reads its event")
+        .get(0);
+    assert_eq!(own, None);
+    let backlog = feed.backlog().await.expect("backlog");
+    assert_eq!(backlog.unstamped, 0);
+
+    // A commits late: its event takes the next position, and both watchers get it.
+    tx_a.commit().await.expect("commit A");
+    feed.nudge();
+    let got_a = next(&mut live).await;
+    assert_eq!(
+        (got_a.global_sequence, got_a.order_id.as_str()),
+        (3, "ord-a")
+    );
+    assert_eq!(next(&mut resumed).await, got_a);
+
+    // Nothing in between, nothing twice: the next thing both see is a sentinel committed now.
+    commit_one(&mut c, "ord-c").await;
+    feed.nudge();
+    let sentinel = next(&mut live).await;
+    assert_eq!(
+        (sentinel.global_sequence, sentinel.order_id.as_str()),
+        (4, "ord-c")
+    );
+    assert_eq!(next(&mut resumed).await, sentinel);
+
+    // A watcher from 0 now replays the same history: dense, once each.
+    let mut replay = all_after(feed, 0);
+    let history = take(&mut replay, 4).await;
+    assert_eq!(positions(&history), dense(1, 4));
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| e.order_id.as_str())
+            .collect::<Vec<_>>(),
+        ["ord-c", "ord-b", "ord-a", "ord-c"]
+    );
+    assert_eq!(history[1], got_b);
+    assert_eq!(history[2], got_a);
+}
+
+#[tokio::test]
+async fn a_late_commit_is_never_skipped() {
+    late_commit(Interleaving::EventFirst).await;
+}
+
+#[tokio::test]
+async fn a_late_commit_that_wrote_another_row_first_is_never_skipped() {
+    late_commit(Interleaving::OtherRowFirst).await;
+}
+
+#[tokio::test]
+async fn a_late_commit_whose_event_came_after_the_other_is_never_skipped() {
+    late_commit(Interleaving::OtherRowThenEventAfterB).await;
+}
+
+#[tokio::test]
+async fn many_concurrent_writers_give_dense_positions_in_per_order_order() {
+    const WRITERS: usize = 16;
+    const TRANSACTIONS: usize = 25;
+    const PER_TRANSACTION: usize = 2;
+    const ORDERS: usize = 8;
+    const TOTAL: usize = WRITERS * TRANSACTIONS * PER_TRANSACTION;
+
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = replica.feed.clone();
+    let orders: Vec<String> = (0..ORDERS).map(|i| format!("ord-{i}")).collect();
+    create_orders(
+        &db.sql().await,
+        &orders.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+
+    let mut live = all_after(&feed, 0);
+    // Commit instants by (order, sequence), to measure commit-to-delivery latency.
+    let committed: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let order_id = orders[w % ORDERS].clone();
+        let mut client = db.sql().await;
+        let feed = feed.clone();
+        let committed = Arc::clone(&committed);
+        writers.push(tokio::spawn(async move {
+            for _ in 0..TRANSACTIONS {
+                let tx = client.transaction().await.expect("begin");
+                let mut sequences = Vec::new();
+                for _ in 0..PER_TRANSACTION {
+                    sequences.push(append(&tx, &order_id).await.1);
+                }
+                tx.commit().await.expect("commit");
+                let now = Instant::now();
+                feed.nudge();
+                let mut committed = committed.lock().expect("lock");
+                for sequence in sequences {
+                    committed.insert((order_id.clone(), sequence), now);
+                }
+            }
+        }));
+    }
+
+    let mut delivered = Vec::with_capacity(TOTAL);
+    let mut latencies = Vec::with_capacity(TOTAL);
+    for _ in 0..TOTAL {
+        let event = next(&mut live).await;
+        let at = Instant::now();
+        if let Some(commit) = committed
+            .lock()
+            .expect("lock")
+            .get(&(event.order_id.clone(), event.sequence))
+        {
+            latencies.push(at.duration_since(*commit));
+        }
+        delivered.push(event);
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert_eq!(positions(&delivered), dense(1, TOTAL as i64));
+    assert_per_order_order(&delivered);
+    let per_order = delivered.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e.order_id.clone()).or_insert(0) += 1;
+        m
+    });
+    assert!(per_order.values().all(|n| *n == TOTAL / ORDERS));
+
+    // A watcher started afterwards replays the same, and one resumed from the middle gets exactly
+    // the tail.
+    let mut replay = all_after(&feed, 0);
+    assert_eq!(take(&mut replay, TOTAL).await, delivered);
+    let middle = TOTAL as i64 / 2;
+    let mut tail = all_after(&feed, middle);
+    let tail_events = take(&mut tail, TOTAL - middle as usize).await;
+    assert_eq!(tail_events, delivered[middle as usize..]);
+    // ... and nothing more: the next thing is a new event.
+    commit_one(&mut db.sql().await, "ord-0").await;
+    feed.nudge();
+    assert_eq!(next(&mut tail).await.global_sequence, TOTAL as i64 + 1);
+    assert_eq!(next(&mut replay).await.global_sequence, TOTAL as i64 + 1);
+
+    latencies.sort();
+    if !latencies.is_empty() {
+        println!(
+            "commit-to-delivery under {WRITERS} concurrent writers ({} events): median {:?}, p99 {:?}, max {:?}",
+            latencies.len(),
+            latencies[latencies.len() / 2],
+            latencies[latencies.len() * 99 / 100],
+            latencies[latencies.len() - 1]
+        );
+    }
+}
+
+#[tokio::test]
+async fn delivery_latency_with_and_without_a_nudge() {
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = &replica.feed;
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-l"]).await;
+    let mut live = all_after(feed, 0);
+    let mut position = 0;
+    for nudged in [true, false] {
+        let mut latencies = Vec::new();
+        for _ in 0..50 {
+            commit_one(&mut client, "ord-l").await;
+            let committed = Instant::now();
+            if nudged {
+                feed.nudge();
+            }
+            let event = next(&mut live).await;
+            latencies.push(committed.elapsed());
+            position += 1;
+            assert_eq!(event.global_sequence, position);
+        }
+        latencies.sort();
+        println!(
+            "commit-to-delivery, one writer, {}: min {:?}, median {:?}, max {:?}",
+            if nudged {
+                "nudged (a commit on this replica)"
+            } else {
+                "not nudged (a commit on another replica: the sequencer's idle timer)"
+            },
+            latencies[0],
+            latencies[latencies.len() / 2],
+            latencies[latencies.len() - 1]
+        );
+    }
+    let status = feed.status();
+    println!("feed status: {status:?}");
+    assert_eq!(status.head, 100);
+    assert!(status.publish_lag.is_some());
+}
+
+#[tokio::test]
+async fn a_long_open_transaction_delays_only_its_own_event() {
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = &replica.feed;
+    let mut holder = db.sql().await;
+    let mut writer = db.sql().await;
+    create_orders(&writer, &["ord-held", "ord-busy"]).await;
+    let mut live = all_after(feed, 0);
+
+    let held_since = Instant::now();
+    let tx = holder.transaction().await.expect("begin");
+    append(&tx, "ord-held").await;
+    for _ in 0..100 {
+        commit_one(&mut writer, "ord-busy").await;
+        feed.nudge();
+    }
+    // The hundred later commits flow past the open transaction.
+    let flowed = take(&mut live, 100).await;
+    assert_eq!(positions(&flowed), dense(1, 100));
+    assert!(flowed.iter().all(|e| e.order_id == "ord-busy"));
+    assert_per_order_order(&flowed);
+
+    tx.commit().await.expect("commit the held transaction");
+    let held_for = held_since.elapsed();
+    feed.nudge();
+    let late = next(&mut live).await;
+    assert_eq!(
+        (late.global_sequence, late.order_id.as_str()),
+        (101, "ord-held")
+    );
+    let status = feed.status();
+    println!(
+        "held a transaction open {held_for:?}; its event's publish lag: {:?}",
+        status.publish_lag
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_that_lags_behind_the_fan_out_catches_up_from_the_table() {
+    const BURST: i64 = 5_000;
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = &replica.feed;
+    assert!(BURST as usize > FeedConfig::default().channel_capacity);
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-slow"]).await;
+
+    let mut slow = all_after(feed, 0);
+    commit_one(&mut client, "ord-slow").await;
+    feed.nudge();
+    assert_eq!(next(&mut slow).await.global_sequence, 1);
+    assert_eq!(feed.status().watchers, 1);
+
+    // Far more than the channel holds is published while the slow consumer reads nothing.
+    for _ in 0..(BURST / 500) {
+        let tx = client.transaction().await.expect("begin");
+        append_many(&tx, "ord-slow", 500).await;
+        tx.commit().await.expect("commit");
+        feed.nudge();
+    }
+    tokio::time::timeout(GUARD, feed.wait_for_head(BURST + 1))
+        .await
+        .expect("everything published");
+
+    let caught_up = take(&mut slow, BURST as usize).await;
+    assert_eq!(positions(&caught_up), dense(2, BURST + 1));
+    // One order: its sequences are the positions.
+    assert!(caught_up.iter().all(|e| e.sequence == e.global_sequence));
+    // And then live again.
+    commit_one(&mut client, "ord-slow").await;
+    feed.nudge();
+    assert_eq!(next(&mut slow).await.global_sequence, BURST + 2);
+
+    // A client going away leaves nothing behind.
+    drop(slow);
+    assert_eq!(feed.status().watchers, 0);
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_is_reestablished_and_nothing_is_lost() {
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = &replica.feed;
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-k"]).await;
+    let mut live = all_after(feed, 0);
+    commit_one(&mut client, "ord-k").await;
+    feed.nudge();
+    assert_eq!(next(&mut live).await.global_sequence, 1);
+    assert_eq!(feed.status().listener_sessions, 1);
+
+    let killed: bool = client
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&LISTENER_APPLICATION_NAME],
+        )
+        .await
+        .expect("terminate the listener")
+        .get(0);
+    assert!(killed);
+    // Committed while the listener is down or reconnecting.
+    for _ in 0..20 {
+        commit_one(&mut client, "ord-k").await;
+        feed.nudge();
+    }
+    let after_kill = take(&mut live, 20).await;
+    assert_eq!(positions(&after_kill), dense(2, 21));
+    assert_eq!(feed.status().listener_sessions, 2);
+
+    // The sequencer's connection too: it takes the lock again and stamping resumes.
+    let killed: bool = client
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&SEQUENCER_APPLICATION_NAME],
+        )
+        .await
+        .expect("terminate the sequencer")
+        .get(0);
+    assert!(killed);
+    for _ in 0..20 {
+        commit_one(&mut client, "ord-k").await;
+        feed.nudge();
+    }
+    let after_second_kill = take(&mut live, 20).await;
+    assert_eq!(positions(&after_second_kill), dense(22, 41));
+    assert!(
+        after_kill
+            .iter()
+            .chain(&after_second_kill)
+            .all(|e| e.sequence == e.global_sequence)
+    );
+    assert!(feed.status().sequencer_leader);
+}
+
+#[tokio::test]
+async fn two_replicas_one_sequencer_both_deliver_everything() {
+    let db = TestDb::new();
+    let first = Replica::start(&db).await;
+    let second = Replica::start(&db).await;
+    let orders = ["ord-1", "ord-2", "ord-3", "ord-4"];
+    let mut client = db.sql().await;
+    create_orders(&client, &orders).await;
+    let mut on_first = all_after(&first.feed, 0);
+    let mut on_second = all_after(&second.feed, 0);
+
+    for i in 0..200 {
+        commit_one(&mut client, orders[i % orders.len()]).await;
+        // Commits "land" on either replica.
+        if i % 2 == 0 {
+            first.feed.nudge();
+        } else {
+            second.feed.nudge();
+        }
+    }
+    let seen_first = take(&mut on_first, 200).await;
+    let seen_second = take(&mut on_second, 200).await;
+    assert_eq!(positions(&seen_first), dense(1, 200));
+    assert_eq!(seen_first, seen_second);
+    assert_per_order_order(&seen_first);
+    let leaders = [&first, &second]
+        .iter()
+        .filter(|r| r.feed.status().sequencer_leader)
+        .count();
+    assert_eq!(leaders, 1, "exactly one sequencer leads");
+
+    // The leader goes away: the other takes over, and its watcher misses nothing.
+    let (leader, survivor, mut survivor_stream) = if first.feed.status().sequencer_leader {
+        (first, second, on_second)
+    } else {
+        (second, first, on_first)
+    };
+    leader.stop().await;
+    drop(leader);
+    for i in 0..50 {
+        commit_one(&mut client, orders[i % orders.len()]).await;
+        survivor.feed.nudge();
+    }
+    let after_failover = take(&mut survivor_stream, 50).await;
+    assert_eq!(positions(&after_failover), dense(201, 250));
+    assert!(survivor.feed.status().sequencer_leader);
+}
+
+fn request(order_id: &str, key: &str, method: &str) -> NewAttempt {
+    NewAttempt {
+        order_id: order_id.to_owned(),
+        amount_minor: 12_500,
+        currency: "EUR".to_owned(),
+        customer_id: "cust-1".to_owned(),
+        items: vec![LineItemRecord {
+            product_id: "room-night".to_owned(),
+            quantity: 1,
+            unit_amount_minor: 12_500,
+        }],
+        payment_method: method.to_owned(),
+        operator_id: "alice".to_owned(),
+        replica_id: "replica-a".to_owned(),
+        request_key: key.to_owned(),
+        fingerprint: format!("fp-{key}"),
+        flow: Flow::TwoPhase,
+    }
+}
+
+#[tokio::test]
+async fn the_stores_own_events_reach_order_and_global_watchers() {
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let feed = &replica.feed;
+    let store = db.store().await;
+    let mut everything = all_after(feed, 0);
+    let mut order_live = order_after(feed, "ord-s", 0);
+
+    // Another order's events interleave; the order's watcher never sees them.
+    for (order_id, key) in [("ord-s", "k1"), ("ord-other", "k2")] {
+        let Begin::Started { order, attempt } = store
+            .begin_attempt(&request(order_id, key, "pm_card_visa"))
+            .await
+            .expect("begin")
+        else {
+            panic!("expected Started");
+        };
+        feed.nudge();
+        let fence = Fence::of(&order, &attempt);
+        let finished = store
+            .finish_attempt(
+                &fence,
+                &Finish::Declined {
+                    intent_id: None,
+                    decline_code: "generic_decline".to_owned(),
+                    message: "declined".to_owned(),
+                },
+                "alice",
+            )
+            .await
+            .expect("finish");
+        assert_eq!(finished, Fenced::Applied);
+        feed.nudge();
+    }
+
+    let all = take(&mut everything, 6).await;
+    assert_eq!(positions(&all), dense(1, 6));
+    assert_per_order_order(&all);
+    let mine = take(&mut order_live, 3).await;
+    assert_eq!(
+        mine.iter()
+            .map(|e| (e.sequence, e.kind, e.state))
+            .collect::<Vec<_>>(),
+        [
+            (1, EventKind::OrderCreated, OrderState::Pending),
+            (
+                2,
+                EventKind::AttemptStarted,
+                OrderState::AwaitingConfirmation
+            ),
+            (3, EventKind::AttemptDeclined, OrderState::Pending),
+        ]
+    );
+    assert!(mine.iter().all(|e| e.order_id == "ord-s"));
+    assert_eq!(mine[0].amount_minor, Some(12_500));
+
+    // Resumed from the order's sequence 1: the replay, then a live event, then nothing of others.
+    let mut resumed = order_after(feed, "ord-s", 1);
+    assert_eq!(
+        take(&mut resumed, 2)
+            .await
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    let Begin::Started { .. } = store
+        .begin_attempt(&request("ord-other", "k3", "pm_card_visa"))
+        .await
+        .expect("begin other")
+    else {
+        panic!("expected Started");
+    };
+    let Begin::Started { .. } = store
+        .begin_attempt(&request("ord-s", "k4", "pm_card_visa"))
+        .await
+        .expect("begin again")
+    else {
+        panic!("expected Started");
+    };
+    feed.nudge();
+    let live = next(&mut resumed).await;
+    assert_eq!(
+        (live.order_id.as_str(), live.sequence, live.kind),
+        ("ord-s", 4, EventKind::AttemptStarted)
+    );
+    assert_eq!(next(&mut order_live).await, live);
+    assert_eq!(live.global_sequence, 8);
+}
+
+#[tokio::test]
+async fn the_pool_connections_carry_the_session_limits() {
+    let db = TestDb::new();
+    let replica = Replica::start(&db).await;
+    let client = db.sql().await;
+    // The feed's own connections are up once it delivered something.
+    create_orders(&client, &["ord-t"]).await;
+    let mut live = all_after(&replica.feed, 0);
+    append(&client, "ord-t").await;
+    replica.feed.nudge();
+    next(&mut live).await;
+    let rows = client
+        .query(
+            "SELECT application_name FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name LIKE 'coordinator%' \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(
+        names.contains(&LISTENER_APPLICATION_NAME.to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&SEQUENCER_APPLICATION_NAME.to_owned()),
+        "{names:?}"
+    );
+    // The settings as a pool connection sees them.
+    let config = coordinator::store::session_config(&db.url()).expect("config");
+    let (probe, connection) = config.connect(NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let statement: String = probe
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    let idle: String = probe
+        .query_one("SHOW idle_in_transaction_session_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!((statement.as_str(), idle.as_str()), ("10s", "15s"));
+}
