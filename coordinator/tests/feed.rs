@@ -860,3 +860,83 @@ async fn the_pool_connections_carry_the_session_limits() {
         .get(0);
     assert_eq!((statement.as_str(), idle.as_str()), ("10s", "15s"));
 }
+
+#[tokio::test]
+async fn events_written_before_the_feed_migration_get_dense_positions_in_insertion_order() {
+    let db = TestDb::new();
+    // A database at schema version 1, as an older coordinator left it.
+    {
+        let (admin, connection) =
+            tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls)
+                .await
+                .expect("admin");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{}\"", db.name))
+            .await
+            .expect("create database");
+    }
+    let mut client = db.sql().await;
+    client
+        .batch_execute(coordinator::store::MIGRATIONS[0].sql)
+        .await
+        .expect("migration 1");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO schema_migrations (version, name) VALUES (1, 'orders_attempts_events')",
+        )
+        .await
+        .expect("schema_migrations");
+    create_orders(&client, &["ord-1", "ord-2"]).await;
+    // The old schema: the position is taken at insert (and a rolled-back insert leaves a hole).
+    let old_insert = "WITH o AS (UPDATE orders SET last_sequence = last_sequence + 1 \
+                      WHERE order_id = $1 RETURNING last_sequence) \
+                      INSERT INTO events (order_id, sequence, kind, state, actor) \
+                      SELECT $1, o.last_sequence, 'ATTEMPT_STARTED', 'AWAITING_CONFIRMATION', 'old' \
+                      FROM o";
+    client
+        .execute(old_insert, &[&"ord-1"])
+        .await
+        .expect("old insert");
+    {
+        let tx = client.transaction().await.expect("begin");
+        tx.execute(old_insert, &[&"ord-2"])
+            .await
+            .expect("old insert");
+        tx.rollback().await.expect("rollback");
+    }
+    client
+        .execute(old_insert, &[&"ord-2"])
+        .await
+        .expect("old insert");
+    client
+        .execute(old_insert, &[&"ord-1"])
+        .await
+        .expect("old insert");
+    let old_numbers: Vec<i64> = client
+        .query("SELECT global_sequence FROM events ORDER BY 1", &[])
+        .await
+        .expect("old numbers")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(old_numbers, [1, 3, 4]);
+
+    let replica = Replica::start(&db).await;
+    let mut replay = all_after(&replica.feed, 0);
+    let history = take(&mut replay, 3).await;
+    assert_eq!(positions(&history), dense(1, 3));
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (e.order_id.as_str(), e.sequence))
+            .collect::<Vec<_>>(),
+        [("ord-1", 1), ("ord-2", 1), ("ord-1", 2)]
+    );
+    // New events continue the numbering.
+    commit_one(&mut client, "ord-2").await;
+    replica.feed.nudge();
+    assert_eq!(next(&mut replay).await.global_sequence, 4);
+}
