@@ -80,6 +80,8 @@ impl OutcomeBoard {
 #[derive(Clone)]
 pub struct Runner {
     pub store: Store,
+    /// Nudged after each commit with events, so they are stamped and delivered promptly.
+    pub feed: Option<crate::feed::Feed>,
     pub leases: Option<Leases>,
     pub gateway: GatewayClient,
     pub board: OutcomeBoard,
@@ -265,7 +267,12 @@ impl Runner {
                 .finish_attempt(&job.fence, &finish, &job.operator_id)
                 .await
             {
-                Ok(Fenced::Applied) => return Some(outcome),
+                Ok(Fenced::Applied) => {
+                    if let Some(feed) = &self.feed {
+                        feed.nudge();
+                    }
+                    return Some(outcome);
+                }
                 Ok(Fenced::Superseded) => {
                     // A newer holder owns the order: its state stands. But what the gateway
                     // told us is a fact the newer holder must be able to see (§1.3): keep it in

@@ -16,6 +16,7 @@ use crate::{
     attempt::{OutcomeBoard, Runner},
     auth::{AuthLayer, KeyStore},
     config::Settings,
+    feed::Feed,
     lease::Leases,
     store::Store,
 };
@@ -31,6 +32,11 @@ pub struct Application {
     replica: String,
     keys: Arc<KeyStore>,
     runner: Runner,
+    feed: Feed,
+    /// Owns the feed's tasks and every attempt task, so shutdown waits for them.
+    tracker: TaskTracker,
+    /// Stops the feed (and so ends every watch stream) when shutdown starts.
+    feed_stop: CancellationToken,
     /// `--dev` keys to show once: (id, role, key).
     pub dev_keys: Vec<(String, String, String)>,
 }
@@ -84,7 +90,18 @@ impl Application {
         let listener = TcpListener::bind(settings.coordinator_listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.coordinator_listen))?;
+        let tracker = TaskTracker::new();
+        let feed_stop = CancellationToken::new();
+        let feed = Feed::start(
+            &settings.database_url,
+            store.clone(),
+            &tracker,
+            feed_stop.clone(),
+        )
+        .await
+        .context("starting the event feed")?;
         let runner = Runner {
+            feed: Some(feed.clone()),
             store,
             leases: Some(leases),
             gateway,
@@ -96,6 +113,9 @@ impl Application {
             replica,
             keys: Arc::new(keys),
             runner,
+            feed,
+            tracker,
+            feed_stop,
             dev_keys,
         })
     }
@@ -107,9 +127,11 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting calls and waits for every
     /// attempt already committed to reach the end of its gateway flow.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
+        let tracker = self.tracker;
         let (health, health_service) = tonic_health::server::health_reporter();
         let store = self.runner.store.clone();
+        // Registered before the port serves, so a probe never sees "service not registered".
+        set_health(&health, store.ping().await).await;
         let health_stop = shutdown.child_token();
         tracker.spawn(watch_health(store, health, health_stop.clone()));
 
@@ -117,7 +139,14 @@ impl Application {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let coordinator = Coordinator::new(self.runner, tracker.clone());
+        let coordinator = Coordinator::new(self.runner, self.feed, tracker.clone());
+        // Watch streams never end on their own: stopping the feed ends them, so the server's
+        // graceful shutdown does not wait for watchers forever.
+        let feed_stop = self.feed_stop;
+        let stop_signal = async move {
+            shutdown.cancelled().await;
+            feed_stop.cancel();
+        };
 
         tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, "coordinator listening");
         let served = tonic::transport::Server::builder()
@@ -127,7 +156,7 @@ impl Application {
             .add_service(PaymentCoordinatorServer::new(coordinator))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-                shutdown.cancelled_owned(),
+                stop_signal,
             )
             .await;
         health_stop.cancel();
@@ -151,29 +180,35 @@ async fn watch_health(
 ) {
     let mut serving = None;
     loop {
-        let up = store.ping().await;
-        if serving != Some(up) {
-            if up {
-                health
-                    .set_serving::<PaymentCoordinatorServer<Coordinator>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-            } else {
-                tracing::warn!("PostgreSQL unreachable: health NOT_SERVING");
-                health
-                    .set_not_serving::<PaymentCoordinatorServer<Coordinator>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
-            serving = Some(up);
-        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(HEALTH_PERIOD) => {}
         }
+        let up = store.ping().await;
+        if serving != Some(up) {
+            if !up {
+                tracing::warn!("PostgreSQL unreachable: health NOT_SERVING");
+            }
+            set_health(&health, up).await;
+            serving = Some(up);
+        }
+    }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, up: bool) {
+    let status = if up {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if up {
+        health
+            .set_serving::<PaymentCoordinatorServer<Coordinator>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<PaymentCoordinatorServer<Coordinator>>()
+            .await;
     }
 }

@@ -154,7 +154,7 @@ impl TestEnv {
         self.sim.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Ok((client, connection)) = tokio_postgres::connect(
-            &format!("{}/postgres", base_database_url()),
+            &format!("{}/postgres", self.database_base),
             tokio_postgres::NoTls,
         )
         .await

@@ -102,7 +102,6 @@ async fn postgres_outage_turns_health_off_and_refuses_payments() {
     assert_eq!(paid.order.expect("order").state(), pb::OrderState::Paid);
 
     // An open health watch keeps its connection (and so a graceful shutdown) waiting: close it.
-    drop(next_status);
     drop(health);
     replica.stop().await;
     env.cleanup().await;

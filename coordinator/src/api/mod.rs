@@ -6,6 +6,7 @@ mod convert;
 mod deadline;
 mod orders;
 mod payments;
+mod watch;
 
 use std::pin::Pin;
 
@@ -13,7 +14,7 @@ use payments_proto::v1::{self as pb, payment_coordinator_server::PaymentCoordina
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
-use crate::{attempt::Runner, lease::Leases, store::Store};
+use crate::{attempt::Runner, feed::Feed, lease::Leases, store::Store};
 
 type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::OrderEvent, Status>> + Send>>;
 
@@ -22,6 +23,7 @@ type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::OrderEvent
 pub struct Coordinator {
     store: Store,
     leases: Option<Leases>,
+    feed: Feed,
     runner: Runner,
     /// Owns every attempt task, so shutdown waits for in-flight gateway calls.
     tracker: TaskTracker,
@@ -29,8 +31,9 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(runner: Runner, tracker: TaskTracker) -> Self {
+    pub fn new(runner: Runner, feed: Feed, tracker: TaskTracker) -> Self {
         Self {
+            feed,
             store: runner.store.clone(),
             leases: runner.leases.clone(),
             replica: runner.replica.clone(),
@@ -66,18 +69,18 @@ impl PaymentCoordinator for Coordinator {
 
     async fn watch_order(
         &self,
-        _request: Request<pb::WatchOrderRequest>,
+        request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        Err(not_yet("WatchOrder"))
+        Ok(self.watch_order_impl(request).await?)
     }
 
     type WatchEventsStream = EventStream;
 
     async fn watch_events(
         &self,
-        _request: Request<pb::WatchEventsRequest>,
+        request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(not_yet("WatchEvents"))
+        Ok(self.watch_events_impl(request).await?)
     }
 
     async fn refund_payment(

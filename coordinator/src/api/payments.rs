@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use payments_proto::v1 as pb;
 use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response};
 use tracing::Instrument;
 
@@ -20,7 +21,7 @@ use super::{Coordinator, convert, deadline};
 use crate::{
     attempt::AttemptJob,
     auth::Caller,
-    domain::{AttemptOutcome, OrderState, PaymentRequest},
+    domain::{AttemptOutcome, EventKind, OrderState, PaymentRequest},
     error::Error,
     lease::{Acquire, Lease, LeaseHolder},
     store::{Begin, BeginRefusal, Fence, LineItemRecord, NewAttempt},
@@ -157,6 +158,9 @@ impl Coordinator {
                 return;
             }
         };
+        if let Some(feed) = &self.runner.feed {
+            feed.nudge();
+        }
         tracing::Span::current().record("attempt", attempt.number);
         tracing::info!(
             attempt = attempt.number,
@@ -239,6 +243,19 @@ impl Coordinator {
             Err(error) => return Err(Err(error.into())),
         };
         let Some(order) = order else { return Ok(None) };
+        // This caller's own request may have committed (or even finished) since it was looked
+        // up: joining it comes before any refusal.
+        if let Some(own) = order
+            .attempts
+            .iter()
+            .find(|a| a.operator_id == new.operator_id && a.request_key == new.request_key)
+        {
+            return Err(if own.fingerprint == new.fingerprint {
+                Ok(Started::Joined((order.order_id.clone(), own.number)))
+            } else {
+                Err(Error::IdempotencyKeyReused)
+            });
+        }
         let order_id = order.order_id.clone();
         match order.state {
             OrderState::AwaitingConfirmation => {
@@ -292,23 +309,27 @@ impl Coordinator {
         }
     }
 
-    /// Waits until the attempt is no longer in flight, or the deadline.
+    /// Waits until the attempt is no longer in flight, or the deadline: follows the order's
+    /// events on the feed (replayed from the table, then live), so no polling.
     async fn wait_in_store(&self, order_id: &str, attempt: i32, wait_until: tokio::time::Instant) {
-        const EVERY: Duration = Duration::from_millis(100);
-        loop {
-            let done = match self.store.get_order(order_id).await {
-                Ok(Some(order)) => order
-                    .attempts
-                    .iter()
-                    .any(|a| a.number == attempt && a.outcome != AttemptOutcome::InFlight),
-                // Nothing to wait for; the answer below reports what is (or the error).
-                _ => true,
-            };
-            if done || tokio::time::Instant::now() + EVERY >= wait_until {
-                return;
+        let events = self.feed.order_events_after(order_id.to_owned(), 0);
+        let finished = async {
+            tokio::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(e)
+                        if e.attempt_number == Some(attempt)
+                            && e.kind != EventKind::AttemptStarted =>
+                    {
+                        return;
+                    }
+                    Ok(_) => {}
+                    // The answer below reports what the store says (or its error).
+                    Err(_) => return,
+                }
             }
-            tokio::time::sleep(EVERY).await;
-        }
+        };
+        let _ = tokio::time::timeout_at(wait_until, finished).await;
     }
 
     /// Answers with the order and the attempt, after waiting for its outcome if asked.
