@@ -134,6 +134,7 @@ impl Application {
         set_health(&health, store.ping().await).await;
         let health_stop = shutdown.child_token();
         tracker.spawn(watch_health(store, health, health_stop.clone()));
+        tracker.spawn(watch_feed_lag(self.feed.clone(), health_stop.clone()));
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -191,6 +192,32 @@ async fn watch_health(
             }
             set_health(&health, up).await;
             serving = Some(up);
+        }
+    }
+}
+
+/// Makes the feed's lag visible: a warning while committed events wait more than a second for
+/// their position (a stuck sequencer, an overloaded database).
+async fn watch_feed_lag(feed: Feed, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(5);
+    const TOLERATED: Duration = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        if let Ok(backlog) = feed.backlog().await
+            && let Some(oldest) = backlog.oldest
+            && let Ok(age) = std::time::SystemTime::now().duration_since(oldest)
+            && age > TOLERATED
+        {
+            let status = feed.status();
+            tracing::warn!(
+                unstamped = backlog.unstamped,
+                oldest_age_ms = age.as_millis() as u64,
+                head = status.head,
+                "event feed lagging: committed events wait for their position"
+            );
         }
     }
 }

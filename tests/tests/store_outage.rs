@@ -107,3 +107,109 @@ async fn postgres_outage_turns_health_off_and_refuses_payments() {
     env.cleanup().await;
     drop(pg);
 }
+
+/// Reads `n` more events from `stream`, resuming from the last cursor through `client` when the
+/// stream ends (with UNAVAILABLE or otherwise): what a consumer that remembers its cursor does.
+async fn follow(
+    client: &mut integration_tests::coordinator::Client,
+    stream: &mut tonic::Streaming<pb::OrderEvent>,
+    seen: &mut Vec<pb::OrderEvent>,
+    n: usize,
+) -> usize {
+    let mut resumed = 0;
+    let target = seen.len() + n;
+    while seen.len() < target {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), stream.next())
+            .await
+            .expect("an event or the end of the stream within the guard");
+        match next {
+            Some(Ok(event)) => seen.push(event),
+            Some(Err(status)) => {
+                assert_eq!(
+                    status.code(),
+                    Code::Unavailable,
+                    "a broken feed ends with UNAVAILABLE: {status:?}"
+                );
+            }
+            None => {
+                let cursor = seen.last().map_or(0, |e| e.global_sequence);
+                // The replica may still be reconnecting to PostgreSQL: retry the resume.
+                *stream = loop {
+                    match client
+                        .watch_events(pb::WatchEventsRequest {
+                            after_global_sequence: cursor,
+                        })
+                        .await
+                    {
+                        Ok(s) => break s.into_inner(),
+                        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+                    }
+                };
+                resumed += 1;
+            }
+        }
+    }
+    resumed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_loses_nothing_across_a_postgres_restart() {
+    let pg = tokio::task::spawn_blocking(ThrowawayPg::start)
+        .await
+        .expect("start PostgreSQL");
+    let env = TestEnv::with(SimConfig::default(), pg.url_base()).await;
+    let replica = env.replica("r0", &[]).await;
+    let mut op = replica.client(OPERATOR).await;
+    let mut service = replica
+        .client(integration_tests::coordinator::SERVICE)
+        .await;
+    let mut stream = service
+        .watch_events(pb::WatchEventsRequest {
+            after_global_sequence: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = Vec::new();
+    for n in 0..5 {
+        op.process_payment(pay(&format!("before-{n}"), &format!("b{n}")))
+            .await
+            .expect("paid");
+    }
+    follow(&mut service, &mut stream, &mut seen, 15).await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg.start_again();
+        pg
+    })
+    .await
+    .expect("restart PostgreSQL");
+
+    // Pay again once the coordinator has its database back (STORE_UNAVAILABLE until then:
+    // nothing is charged, and retrying with the same key is safe).
+    for n in 0..5 {
+        loop {
+            match op
+                .process_payment(pay(&format!("after-{n}"), &format!("a{n}")))
+                .await
+            {
+                Ok(_) => break,
+                Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+            }
+        }
+    }
+    let resumed = follow(&mut service, &mut stream, &mut seen, 15).await;
+    println!("the watcher resumed {resumed} time(s) across the restart");
+    let positions: Vec<i64> = seen.iter().map(|e| e.global_sequence).collect();
+    assert_eq!(
+        positions,
+        (1..=30).collect::<Vec<i64>>(),
+        "every event exactly once, in order"
+    );
+
+    drop(stream);
+    replica.stop().await;
+    env.cleanup().await;
+    drop(pg);
+}
