@@ -5,6 +5,9 @@
 //! the event inserted, in one transaction), with plain connections, so that the tests can hold a
 //! transaction open at will.
 
+mod common;
+use common::{TestDb, base_url};
+
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,11 +17,8 @@ use coordinator::domain::{EventKind, OrderState};
 use coordinator::feed::{
     Feed, FeedConfig, FeedEvent, LISTENER_APPLICATION_NAME, SEQUENCER_APPLICATION_NAME,
 };
-use coordinator::store::{
-    Begin, Fence, Fenced, Finish, LineItemRecord, NewAttempt, Store, StoreError,
-};
+use coordinator::store::{Begin, Fence, Fenced, Finish, LineItemRecord, NewAttempt, StoreError};
 use gateway_client::Flow;
-use rand::Rng;
 use tokio_postgres::{GenericClient, NoTls};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -26,67 +26,6 @@ use tokio_util::task::TaskTracker;
 
 /// Only fails a hung test: every wait is for the awaited event itself.
 const GUARD: Duration = Duration::from_secs(30);
-
-fn base_url() -> String {
-    std::env::var("DATABASE_URL_BASE")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-/// A database name no other test uses; dropped (with FORCE) when the guard goes, even on panic.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn new() -> TestDb {
-        let suffix: u64 = rand::rng().random();
-        TestDb {
-            name: format!("feed_test_{suffix:016x}"),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", base_url(), self.name)
-    }
-
-    async fn store(&self) -> Store {
-        Store::connect(&self.url(), 8).await.expect("connect")
-    }
-
-    /// A plain connection to the test database.
-    async fn sql(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
-            .await
-            .expect("connect for SQL");
-        tokio::spawn(connection);
-        client
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// One coordinator replica's feed; stopped when dropped.
 struct Replica {
@@ -258,7 +197,7 @@ enum Interleaving {
 }
 
 async fn late_commit(interleaving: Interleaving) {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = &replica.feed;
     let mut a = db.sql().await;
@@ -390,7 +329,7 @@ async fn many_concurrent_writers_give_dense_positions_in_per_order_order() {
     const ORDERS: usize = 8;
     const TOTAL: usize = WRITERS * TRANSACTIONS * PER_TRANSACTION;
 
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = replica.feed.clone();
     let orders: Vec<String> = (0..ORDERS).map(|i| format!("ord-{i}")).collect();
@@ -480,7 +419,7 @@ async fn many_concurrent_writers_give_dense_positions_in_per_order_order() {
 
 #[tokio::test]
 async fn delivery_latency_with_and_without_a_nudge() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = &replica.feed;
     let mut client = db.sql().await;
@@ -521,7 +460,7 @@ async fn delivery_latency_with_and_without_a_nudge() {
 
 #[tokio::test]
 async fn a_long_open_transaction_delays_only_its_own_event() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = &replica.feed;
     let mut holder = db.sql().await;
@@ -560,7 +499,7 @@ async fn a_long_open_transaction_delays_only_its_own_event() {
 #[tokio::test]
 async fn a_consumer_that_lags_behind_the_fan_out_catches_up_from_the_table() {
     const BURST: i64 = 5_000;
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = &replica.feed;
     assert!(BURST as usize > FeedConfig::default().channel_capacity);
@@ -600,7 +539,7 @@ async fn a_consumer_that_lags_behind_the_fan_out_catches_up_from_the_table() {
 
 #[tokio::test]
 async fn a_lost_listen_connection_is_reestablished_and_nothing_is_lost() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = &replica.feed;
     let mut client = db.sql().await;
@@ -658,7 +597,7 @@ async fn a_lost_listen_connection_is_reestablished_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn two_replicas_one_sequencer_both_deliver_everything() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let first = Replica::start(&db).await;
     let second = Replica::start(&db).await;
     let orders = ["ord-1", "ord-2", "ord-3", "ord-4"];
@@ -726,7 +665,7 @@ fn request(order_id: &str, key: &str, method: &str) -> NewAttempt {
 
 #[tokio::test]
 async fn the_stores_own_events_reach_order_and_global_watchers() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let feed = &replica.feed;
     let store = db.store().await;
@@ -817,7 +756,7 @@ async fn the_stores_own_events_reach_order_and_global_watchers() {
 
 #[tokio::test]
 async fn the_pool_connections_carry_the_session_limits() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     let replica = Replica::start(&db).await;
     let client = db.sql().await;
     // The feed's own connections are up once it delivered something.
@@ -863,7 +802,7 @@ async fn the_pool_connections_carry_the_session_limits() {
 
 #[tokio::test]
 async fn events_written_before_the_feed_migration_get_dense_positions_in_insertion_order() {
-    let db = TestDb::new();
+    let db = TestDb::new("feed");
     // A database at schema version 1, as an older coordinator left it.
     {
         let (admin, connection) =

@@ -2,6 +2,9 @@
 //!
 //! `DATABASE_URL_BASE` (default `postgres://root@127.0.0.1:5432`) names the server.
 
+mod common;
+use common::{TestDb, base_url};
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,71 +15,8 @@ use coordinator::store::{
     StoreError,
 };
 use gateway_client::Flow;
-use rand::Rng;
 use tokio::sync::Barrier;
 use tokio_postgres::NoTls;
-
-fn base_url() -> String {
-    std::env::var("DATABASE_URL_BASE")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-/// A database name no other test uses; dropped (with FORCE) when the guard goes, even on panic.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn new() -> TestDb {
-        let suffix: u64 = rand::rng().random();
-        TestDb {
-            name: format!("store_test_{suffix:016x}"),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", base_url(), self.name)
-    }
-
-    async fn store(&self) -> Store {
-        Store::connect(&self.url(), 8).await.expect("connect")
-    }
-
-    /// A plain connection to the test database, for checks and for tampering like a rival would.
-    async fn sql(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
-            .await
-            .expect("connect for SQL");
-        tokio::spawn(connection);
-        client
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 fn request(order_id: &str, operator: &str, key: &str) -> NewAttempt {
     NewAttempt {
@@ -139,7 +79,7 @@ fn ev(
 
 #[tokio::test]
 async fn the_database_is_created_when_missing() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     assert!(store.ping().await);
     let admin = {
@@ -159,7 +99,7 @@ async fn the_database_is_created_when_missing() {
 
 #[tokio::test]
 async fn three_replicas_migrate_a_fresh_database_at_once() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let url = db.url();
     let connects = (0..3).map(|_| {
         let url = url.clone();
@@ -190,7 +130,7 @@ async fn three_replicas_migrate_a_fresh_database_at_once() {
 
 #[tokio::test]
 async fn a_first_attempt_creates_the_order_and_its_events() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let new = request("ord-1", "alice", "k1");
     let Begin::Started { order, attempt } = store.begin_attempt(&new).await.expect("begin") else {
@@ -232,7 +172,7 @@ async fn a_first_attempt_creates_the_order_and_its_events() {
 
 #[tokio::test]
 async fn a_request_that_differs_from_the_order_is_refused() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     started(&store, &request("ord-m", "alice", "k0")).await;
 
@@ -269,7 +209,7 @@ async fn a_request_that_differs_from_the_order_is_refused() {
 
 #[tokio::test]
 async fn a_second_caller_is_told_who_holds_the_order() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let Begin::Started { attempt, .. } = store
         .begin_attempt(&request("ord-h", "alice", "k1"))
@@ -294,7 +234,7 @@ async fn a_second_caller_is_told_who_holds_the_order() {
 
 #[tokio::test]
 async fn twenty_concurrent_callers_start_exactly_one_attempt() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = Store::connect(&db.url(), 20).await.expect("connect");
     let barrier = Arc::new(Barrier::new(20));
     let tasks: Vec<_> = (0..20)
@@ -331,7 +271,7 @@ async fn twenty_concurrent_callers_start_exactly_one_attempt() {
 
 #[tokio::test]
 async fn the_same_key_twice_at_once_starts_one_attempt_and_the_other_joins() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let barrier = Arc::new(Barrier::new(2));
     let tasks: Vec<_> = (0..2)
@@ -379,7 +319,7 @@ async fn the_same_key_twice_at_once_starts_one_attempt_and_the_other_joins() {
 
 #[tokio::test]
 async fn a_success_pays_the_order() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let fence = started(&store, &request("ord-p", "alice", "k1")).await;
     assert_eq!(
@@ -439,7 +379,7 @@ async fn a_success_pays_the_order() {
 
 #[tokio::test]
 async fn a_decline_reopens_the_order_for_a_second_attempt() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let first = started(&store, &request("ord-d", "alice", "k1")).await;
     let declined = Finish::Declined {
@@ -522,7 +462,7 @@ async fn a_decline_reopens_the_order_for_a_second_attempt() {
 
 #[tokio::test]
 async fn a_stale_holder_writes_nothing_once_the_fence_moved() {
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let fence = started(&store, &request("ord-f", "alice", "k1")).await;
     let before_error = SystemTime::now() - Duration::from_secs(5);
@@ -621,7 +561,7 @@ async fn an_unreachable_server_is_unavailable() {
 #[tokio::test]
 async fn every_attempt_number_is_used_once() {
     // Declines and retries in a row: numbers, fences and keys advance together.
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     let mut numbers = HashSet::new();
     for i in 0..5 {
@@ -652,7 +592,7 @@ async fn every_attempt_number_is_used_once() {
 #[tokio::test]
 async fn the_same_key_on_two_new_orders_at_once_starts_one() {
     // Different orders do not queue on one row lock: the unique (operator_id, request_key) decides.
-    let db = TestDb::new();
+    let db = TestDb::new("store");
     let store = db.store().await;
     for round in 0..5 {
         let key = format!("shared-{round}");
