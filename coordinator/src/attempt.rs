@@ -9,7 +9,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use gateway_client::{
-    CreateIntent, Flow, GatewayClient, IdempotencyKey, IntentStatus, Outcome, PaymentIntent, Reply,
+    CreateIntent, Flow, GatewayClient, IdempotencyKey, Outcome, PaymentIntent, Reply,
 };
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::{
     domain::AttemptOutcome,
     lease::{Lease, Leases},
+    recovery::{Case, Learnt},
     store::{Fence, Fenced, Finish, Store},
 };
 
@@ -86,6 +87,7 @@ pub struct Runner {
     pub gateway: GatewayClient,
     pub board: OutcomeBoard,
     pub replica: String,
+    pub recovery: crate::recovery::RecoveryConfig,
 }
 
 impl Runner {
@@ -100,7 +102,7 @@ impl Runner {
             fence = job.fence.token,
         );
         async move {
-            let drive = self.drive(&job);
+            let drive = self.with_heartbeat(&job.fence, self.drive(&job));
             tokio::pin!(drive);
             let outcome = match (&self.leases, &job.lease) {
                 (Some(leases), Some(lease)) => {
@@ -146,13 +148,15 @@ impl Runner {
             attempt,
             description: Some(format!("order {order_id}, attempt {attempt}")),
         };
+        // The idempotency window runs from the first charging call.
+        let sent = std::time::SystemTime::now();
         let created = self.gateway.create_intent(&request, &create_key).await;
         match flow {
-            Flow::OneShot => self.settle("create", job, created).await,
+            Flow::OneShot => self.settle("create", job, created, None, sent).await,
             Flow::TwoPhase => {
                 let intent = match created.outcome {
                     Outcome::Succeeded(intent) => intent,
-                    _ => return self.settle("create", job, created).await,
+                    _ => return self.settle("create", job, created, None, sent).await,
                 };
                 // Persist the intent id before confirming: an intent whose id was never
                 // persisted was never confirmed, so recovery knows nothing was charged through it.
@@ -180,93 +184,90 @@ impl Runner {
                 }
                 let confirm_key = IdempotencyKey::confirm(order_id, attempt);
                 let confirmed = self.gateway.confirm_intent(&intent.id, &confirm_key).await;
-                self.settle("confirm", job, confirmed).await
+                self.settle("confirm", job, confirmed, Some(intent.id.clone()), sent)
+                    .await
             }
         }
     }
 
-    /// Turns a charging call's reply into the attempt's outcome, persisted with a fenced write.
+    /// Turns a charging call's reply into the attempt's outcome, persisted with a fenced write;
+    /// an outcome it does not establish is recorded, then resolved (`recovery.rs`), never guessed.
     async fn settle(
         &self,
         step: &str,
         job: &AttemptJob,
         reply: Reply<PaymentIntent>,
+        persisted_intent: Option<String>,
+        first_sent_at: std::time::SystemTime,
     ) -> Option<AttemptOutcome> {
-        let finish = match reply.outcome {
-            Outcome::Succeeded(intent) => match intent.status {
-                IntentStatus::Succeeded => Finish::Succeeded {
-                    intent_id: intent.id,
-                },
-                other => {
-                    // `processing`, `requires_action`, …: the gateway has not decided yet.
-                    return self
-                        .unknown(
-                            job,
-                            step,
-                            format!("intent {} is {}", intent.id, other.as_str()),
-                        )
-                        .await;
-                }
-            },
-            Outcome::Declined {
-                decline_code,
-                message,
-                intent_id,
-            } => Finish::Declined {
-                intent_id,
-                decline_code,
-                message,
-            },
-            Outcome::Unknown { reason, detail } => {
+        let (learnt, said) = crate::recovery::interpret(step, &reply, true);
+        let (known, intent_id) = match learnt {
+            Learnt::Final(finish) => {
                 return self
-                    .unknown(job, step, format!("{}: {detail}", reason.as_str()))
+                    .persist(&job.fence, &finish, &job.operator_id, step)
                     .await;
             }
-            Outcome::RetryLater { after } => {
-                return self
-                    .unknown(
-                        job,
-                        step,
-                        format!("gateway throttled us beyond our retries (retry after {after:?})"),
-                    )
-                    .await;
-            }
-            Outcome::NotSent { detail } => {
-                return self
-                    .unknown(job, step, format!("gateway unreachable: {detail}"))
-                    .await;
-            }
-            Outcome::Rejected {
-                status,
-                code,
-                message,
-                ..
-            } => {
-                return self
-                    .unknown(
-                        job,
-                        step,
-                        format!(
-                            "gateway refused the call ({status} {}): {message}",
-                            code.as_deref().unwrap_or("-")
-                        ),
-                    )
-                    .await;
-            }
+            Learnt::Known(known, intent_id) => (known, intent_id),
         };
+        // Not established: the reason goes into the attempt's history first (fenced: a newer
+        // holder's attempt is not ours to resolve).
+        tracing::warn!(step, %said, "outcome not established; resolving");
+        match self.store.append_error(&job.fence, step, &said).await {
+            Ok(Fenced::Applied) => {}
+            Ok(Fenced::Superseded) => return None,
+            Err(error) => {
+                // The attempt stays in flight; the recovery worker takes it over once our
+                // heartbeat is stale.
+                tracing::error!(%error, %said, "could not record the attempt's error");
+                return None;
+            }
+        }
+        let mut intent = intent_id;
+        if let Some(id) = &intent {
+            // An intent the gateway named (e.g. `processing` after a one_shot create): persist its
+            // id so that any later resolution can look it up.
+            match self.store.record_intent(&job.fence, id).await {
+                Ok(Fenced::Applied) => {}
+                Ok(Fenced::Superseded) => return None,
+                Err(error) => {
+                    tracing::error!(%error, intent_id = %id, "could not persist the intent id");
+                    return None;
+                }
+            }
+        } else {
+            intent = persisted_intent;
+        }
+        let case = Case {
+            fence: job.fence.clone(),
+            flow: self.gateway.flow(),
+            intent_id: intent,
+            known,
+            started_at: first_sent_at,
+            amount_minor: job.amount_minor,
+            currency: job.currency.clone(),
+            payment_method: job.payment_method.clone(),
+            actor: job.operator_id.clone(),
+            prior_runs: 0,
+        };
+        self.resolve(case).await
+    }
+
+    /// Persists an outcome with its event in one fenced transaction, retrying a brief store
+    /// failure (the write is idempotent thanks to its fence); the outcome is never dropped
+    /// silently. `None` if a newer holder owns the order (what we learnt goes to the history).
+    pub(crate) async fn persist(
+        &self,
+        fence: &Fence,
+        finish: &Finish,
+        actor: &str,
+        step: &str,
+    ) -> Option<AttemptOutcome> {
         let outcome = finish.outcome();
-        let what = describe(&finish);
-        // The outcome and its event in one transaction, fenced: a stale holder never
-        // overwrites a newer one's state. A brief store failure is retried (the write is
-        // idempotent thanks to its fence); the outcome is never dropped silently.
+        let what = describe(finish);
         let mut delay = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + FINISH_RETRY_FOR;
         loop {
-            match self
-                .store
-                .finish_attempt(&job.fence, &finish, &job.operator_id)
-                .await
-            {
+            match self.store.finish_attempt(fence, finish, actor).await {
                 Ok(Fenced::Applied) => {
                     if let Some(feed) = &self.feed {
                         feed.nudge();
@@ -278,8 +279,18 @@ impl Runner {
                     // told us is a fact the newer holder must be able to see (§1.3): keep it in
                     // the attempt's history, append-only.
                     tracing::error!(outcome = outcome.as_str(), %what, "superseded: outcome kept in the attempt's history only");
-                    self.note(job, step, format!("superseded holder learnt: {what}"))
-                        .await;
+                    if let Err(error) = self
+                        .store
+                        .note_unfenced(
+                            &fence.order_id,
+                            fence.attempt,
+                            step,
+                            &format!("superseded holder learnt: {what}"),
+                        )
+                        .await
+                    {
+                        tracing::error!(%error, %what, "could not note it in the attempt's history");
+                    }
                     return None;
                 }
                 Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
@@ -289,11 +300,37 @@ impl Runner {
                 }
                 Err(error) => {
                     // The failure-handling issue journals it locally; until then it stays in
-                    // flight for recovery, and the log carries everything to find it.
+                    // flight for the recovery worker, and the log carries everything to find it.
                     tracing::error!(%error, outcome = outcome.as_str(), %what, "could not persist the attempt's outcome");
                     return None;
                 }
             }
+        }
+    }
+
+    /// Runs `work` while refreshing the attempt's heartbeat every LEASE_TTL/3 (fenced), so the
+    /// recovery workers know its holder is alive. A heartbeat that finds a newer holder stops
+    /// beating; the work's own fenced writes then fail and it stops.
+    pub(crate) async fn with_heartbeat<T>(
+        &self,
+        fence: &Fence,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let period = (self.recovery.stale_after / 3).max(Duration::from_millis(50));
+        let beat = async {
+            loop {
+                tokio::time::sleep(period).await;
+                match self.store.heartbeat(fence).await {
+                    Ok(Fenced::Applied) => {}
+                    Ok(Fenced::Superseded) => return,
+                    Err(error) => tracing::warn!(%error, "could not refresh the heartbeat"),
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            () = beat => work.await,
         }
     }
 
@@ -306,22 +343,6 @@ impl Runner {
         {
             tracing::error!(%error, %message, "could not note it in the attempt's history");
         }
-    }
-
-    /// Records why the outcome is not known (or not settled) and leaves the attempt in flight:
-    /// the order stays `AWAITING_CONFIRMATION` and nobody guesses.
-    async fn unknown(
-        &self,
-        job: &AttemptJob,
-        step: &str,
-        message: String,
-    ) -> Option<AttemptOutcome> {
-        tracing::warn!(step, %message, "attempt left in flight: outcome not established");
-        match self.store.append_error(&job.fence, step, &message).await {
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "could not record the attempt's error"),
-        }
-        None
     }
 }
 
@@ -340,6 +361,11 @@ fn describe(finish: &Finish) -> String {
             "declined ({decline_code}): {message}; intent {}",
             intent_id.as_deref().unwrap_or("unknown")
         ),
+        Finish::Cancelled { intent_id, reason } => format!(
+            "cancelled, nothing charged ({reason}); intent {}",
+            intent_id.as_deref().unwrap_or("none")
+        ),
+        Finish::Unknown { reason } => format!("unknown, manual review: {reason}"),
     }
 }
 

@@ -90,6 +90,30 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(300..))]
     pub lease_ttl_ms: u64,
 
+    /// How often the recovery worker sweeps for stranded attempts (and once at start-up);
+    /// unset: max(LEASE_TTL/2, 1 s), so a stranded attempt is resolved within LEASE_TTL plus
+    /// one sweep.
+    #[arg(long, env = "RECOVERY_SWEEP_MS",
+          value_parser = clap::value_parser!(u64).range(50..))]
+    pub recovery_sweep_ms: Option<u64>,
+
+    /// Gateway actions (lookup, replay, cancel) one resolution run may take, spaced 0.5 s, 1 s,
+    /// 2 s, … before it hands the attempt to the recovery worker.
+    #[arg(long, env = "RECOVERY_ACTIONS_PER_RUN", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub recovery_actions_per_run: u32,
+
+    /// Resolution runs (the inline one, then the recovery worker's) before an outcome that
+    /// could not be established goes to manual review.
+    #[arg(long, env = "RECOVERY_MAX_RUNS", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub recovery_max_runs: u32,
+
+    /// How many stranded attempts one sweep takes over at most.
+    #[arg(long, env = "RECOVERY_BATCH", default_value_t = 32,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub recovery_batch: i64,
+
     /// Where traces go (OTLP); unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -111,6 +135,21 @@ impl Settings {
 
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// The recovery worker's settings.
+    pub fn recovery(&self) -> crate::recovery::RecoveryConfig {
+        let sweep_every = match self.recovery_sweep_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => (self.lease_ttl() / 2).max(Duration::from_secs(1)),
+        };
+        crate::recovery::RecoveryConfig {
+            actions_per_run: self.recovery_actions_per_run,
+            max_runs: self.recovery_max_runs,
+            sweep_every,
+            stale_after: self.lease_ttl(),
+            batch: self.recovery_batch,
+        }
     }
 }
 
@@ -155,6 +194,10 @@ impl fmt::Debug for Settings {
             .field("gateway_capabilities", &self.gateway_capabilities)
             .field("gateway_timeout_ms", &self.gateway_timeout_ms)
             .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field("recovery_sweep_ms", &self.recovery_sweep_ms)
+            .field("recovery_actions_per_run", &self.recovery_actions_per_run)
+            .field("recovery_max_runs", &self.recovery_max_runs)
+            .field("recovery_batch", &self.recovery_batch)
             .field(
                 "otel_exporter_otlp_endpoint",
                 &self.otel_exporter_otlp_endpoint,

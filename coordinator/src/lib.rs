@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod feed;
 pub mod lease;
+pub mod recovery;
 pub mod server;
 pub mod store;
 pub mod telemetry;

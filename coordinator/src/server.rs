@@ -18,6 +18,7 @@ use crate::{
     config::Settings,
     feed::Feed,
     lease::Leases,
+    recovery::RecoveryWorker,
     store::Store,
 };
 
@@ -107,6 +108,7 @@ impl Application {
             gateway,
             board: OutcomeBoard::default(),
             replica: replica.clone(),
+            recovery: settings.recovery(),
         };
         Ok(Self {
             listener,
@@ -135,6 +137,14 @@ impl Application {
         let health_stop = shutdown.child_token();
         tracker.spawn(watch_health(store, health, health_stop.clone()));
         tracker.spawn(watch_feed_lag(self.feed.clone(), health_stop.clone()));
+        // The recovery worker: a first sweep now (start-up), then every sweep period; it stops
+        // taking attempts over when shutdown starts (the ones it took run to their end).
+        tracker.spawn(
+            RecoveryWorker {
+                runner: self.runner.clone(),
+            }
+            .run(tracker.clone(), health_stop.clone()),
+        );
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

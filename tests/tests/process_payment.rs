@@ -893,8 +893,11 @@ async fn callers_that_give_up_early_never_strand_an_attempt() {
 
 #[tokio::test]
 async fn an_unknown_outcome_is_recorded_not_guessed() {
+    // Without any capability to resolve it (no lookup, no replay, no cancel), an unknown outcome
+    // is never guessed: the reason is recorded and the order goes to manual review. (With
+    // capabilities it is resolved: tests/tests/recovery.rs.)
     let env = TestEnv::new().await;
-    let replica = env.replica("r0", &[]).await;
+    let replica = env.replica("r0", &["--gateway-capabilities", "none"]).await;
     let mut op = replica.client(OPERATOR).await;
     // The gateway charges, then answers 500: the coordinator cannot know.
     env.sim_control
@@ -909,11 +912,11 @@ async fn an_unknown_outcome_is_recorded_not_guessed() {
     let order = response.order.expect("order");
     assert_eq!(
         order.state(),
-        pb::OrderState::AwaitingConfirmation,
-        "locked, not guessed"
+        pb::OrderState::ManualReview,
+        "not guessed: an operator decides"
     );
     let attempt = response.attempt.expect("attempt");
-    assert_eq!(attempt.outcome(), pb::AttemptOutcome::InFlight);
+    assert_eq!(attempt.outcome(), pb::AttemptOutcome::Unknown);
     assert!(
         attempt.gateway_payment_id.starts_with("pi_"),
         "the intent id was persisted before confirming"
@@ -933,7 +936,7 @@ async fn an_unknown_outcome_is_recorded_not_guessed() {
         .expect_err("locked");
     assert_eq!(
         (refused.code(), reason(&refused).as_str()),
-        (Code::Aborted, "PAYMENT_IN_PROGRESS")
+        (Code::FailedPrecondition, "IN_MANUAL_REVIEW")
     );
     let ledger = env.sim_control.ledger().await.expect("ledger");
     assert_eq!((ledger.calls.create, ledger.calls.confirm), (1, 1));

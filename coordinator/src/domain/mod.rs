@@ -5,6 +5,7 @@ pub mod machine;
 pub mod money;
 pub mod payment_method;
 pub mod request;
+pub mod resolution;
 pub mod states;
 pub mod violations;
 

@@ -5,7 +5,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 
 use super::orders::{ATTEMPT_COLUMNS, ORDER_COLUMNS, attempt_from_row, column, order_from_row};
-use super::{Begin, BeginRefusal, Fence, Fenced, Finish, NewAttempt, Store, StoreError};
+use super::{Begin, BeginRefusal, Fence, Fenced, Finish, NewAttempt, Store, StoreError, Stranded};
 use crate::domain::machine::{event_for, may_finish, may_start_attempt, order_state_after};
 use crate::domain::{AttemptOutcome, EventKind, OrderState, StartRefusal};
 
@@ -318,6 +318,138 @@ impl Store {
         Ok(fenced(updated, fence, "append_error"))
     }
 
+    /// Refreshes the attempt's heartbeat (its holder is alive), if the fence still holds.
+    pub async fn heartbeat(&self, fence: &Fence) -> Result<Fenced, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH o AS (SELECT order_id FROM orders WHERE order_id = $1 AND fence = $3 FOR SHARE) \
+                 UPDATE attempts a SET heartbeat_at = now() FROM o \
+                 WHERE a.order_id = o.order_id AND a.number = $2 AND a.outcome = 'IN_FLIGHT'",
+            )
+            .await?;
+        let updated = client
+            .execute(&statement, &[&fence.order_id, &fence.attempt, &fence.token])
+            .await?;
+        Ok(fenced(updated, fence, "heartbeat"))
+    }
+
+    /// Not before `after` from now may a recovery worker look at this attempt again (and its
+    /// heartbeat stops counting as alive from now): fenced.
+    pub async fn schedule_next_check(
+        &self,
+        fence: &Fence,
+        after: std::time::Duration,
+    ) -> Result<Fenced, StoreError> {
+        let millis = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH o AS (SELECT order_id FROM orders WHERE order_id = $1 AND fence = $3 FOR SHARE) \
+                 UPDATE attempts a SET next_check_at = now() + $4::bigint * interval '1 millisecond', \
+                 heartbeat_at = '-infinity' FROM o \
+                 WHERE a.order_id = o.order_id AND a.number = $2 AND a.outcome = 'IN_FLIGHT'",
+            )
+            .await?;
+        let updated = client
+            .execute(
+                &statement,
+                &[&fence.order_id, &fence.attempt, &fence.token, &millis],
+            )
+            .await?;
+        Ok(fenced(updated, fence, "schedule_next_check"))
+    }
+
+    /// Takes over up to `limit` stranded attempts, in ONE short transaction: in-flight attempts
+    /// whose heartbeat is older than `stale_after` and whose next check is due, their orders
+    /// locked `FOR UPDATE SKIP LOCKED` (another worker's batch, or a live writer, is skipped, not
+    /// waited for). Each order's fence is bumped FIRST: from this commit on, the old holder's
+    /// fenced writes match no row. The heartbeat is set (the new holder is alive) and the
+    /// attempt's recovery runs counted.
+    pub async fn claim_stranded(
+        &self,
+        stale_after: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<Stranded>, StoreError> {
+        let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let pick = tx
+            .prepare_cached(
+                "SELECT a.order_id, a.number FROM attempts a \
+                 JOIN orders o ON o.order_id = a.order_id \
+                 WHERE a.outcome = 'IN_FLIGHT' \
+                   AND a.heartbeat_at < now() - $1::bigint * interval '1 millisecond' \
+                   AND (a.next_check_at IS NULL OR a.next_check_at <= now()) \
+                   AND o.state = 'AWAITING_CONFIRMATION' \
+                 ORDER BY a.heartbeat_at LIMIT $2 \
+                 FOR UPDATE OF o, a SKIP LOCKED",
+            )
+            .await?;
+        let picked = tx.query(&pick, &[&stale_ms, &limit]).await?;
+        let mut claimed = Vec::with_capacity(picked.len());
+        let bump = tx
+            .prepare_cached(
+                "UPDATE orders SET fence = fence + 1, updated_at = now() \
+                 WHERE order_id = $1 RETURNING fence",
+            )
+            .await?;
+        let touch = tx
+            .prepare_cached(
+                "UPDATE attempts SET heartbeat_at = now(), next_check_at = NULL, \
+                 resolution_tries = resolution_tries + 1 \
+                 WHERE order_id = $1 AND number = $2 RETURNING resolution_tries",
+            )
+            .await?;
+        for row in &picked {
+            let order_id: String = column(row, "order_id")?;
+            let number: i32 = column(row, "number")?;
+            let token: i64 = column(&tx.query_one(&bump, &[&order_id]).await?, "fence")?;
+            let tries: i32 = column(
+                &tx.query_one(&touch, &[&order_id, &number]).await?,
+                "resolution_tries",
+            )?;
+            claimed.push((
+                Fence {
+                    order_id,
+                    attempt: number,
+                    token,
+                },
+                tries,
+            ));
+        }
+        tx.commit().await?;
+
+        let mut stranded = Vec::with_capacity(claimed.len());
+        for (fence, resolution_tries) in claimed {
+            let Some(mut order) = self.get_order(&fence.order_id).await? else {
+                continue;
+            };
+            let Some(index) = order
+                .attempts
+                .iter()
+                .position(|a| a.number == fence.attempt)
+            else {
+                continue;
+            };
+            let attempt = order.attempts.swap_remove(index);
+            tracing::info!(
+                order_id = %fence.order_id,
+                attempt = fence.attempt,
+                fence = fence.token,
+                resolution_tries,
+                "took over a stranded attempt (its holder's heartbeat is stale); fence bumped"
+            );
+            stranded.push(Stranded {
+                fence,
+                order,
+                attempt,
+                resolution_tries,
+            });
+        }
+        Ok(stranded)
+    }
+
     /// Appends to the attempt's error history WITHOUT a fence. Only for what a superseded
     /// holder learnt from the gateway (an outcome it may no longer write as state): history is
     /// append-only and never decides anything, and losing it would lose an outcome (§1.3).
@@ -405,6 +537,10 @@ impl Store {
                 Some(decline_code.as_str()),
                 Some(message.as_str()),
             ),
+            Finish::Cancelled { intent_id, reason } => {
+                (intent_id.as_deref(), None, Some(reason.as_str()))
+            }
+            Finish::Unknown { reason } => (None, None, Some(reason.as_str())),
         };
         let update_attempt = tx
             .prepare_cached(
@@ -451,6 +587,11 @@ impl Store {
                 message,
                 ..
             } => format!("declined ({decline_code}): {message}"),
+            Finish::Cancelled { intent_id, reason } => format!(
+                "cancelled, nothing charged (intent {}): {reason}",
+                intent_id.as_deref().unwrap_or("none")
+            ),
+            Finish::Unknown { reason } => format!("outcome unknown, manual review: {reason}"),
         };
         let amount: i64 = column(&order, "amount_minor")?;
         let currency: String = column(&order, "currency")?;

@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_feed",
         sql: include_str!("../../migrations/0002_event_feed.sql"),
     },
+    Migration {
+        version: 3,
+        name: "recovery",
+        sql: include_str!("../../migrations/0003_recovery.sql"),
+    },
 ];
 
 /// The advisory lock serialising migrations across replicas ("payments" in ASCII).

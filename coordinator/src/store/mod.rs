@@ -24,7 +24,7 @@ pub use events::{Backlog, EventRecord};
 pub use migrate::MIGRATIONS;
 pub use records::{
     AttemptRecord, Begin, BeginRefusal, ErrorEntry, Fence, Fenced, Finish, LineItemRecord,
-    NewAttempt, OrderRecord,
+    NewAttempt, OrderRecord, Stranded,
 };
 
 use crate::domain::UnknownStoredValue;

@@ -105,7 +105,7 @@ pub enum Fenced {
     Superseded,
 }
 
-/// How an attempt ended, as far as this issue goes (Cancelled/Unknown come later).
+/// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     Succeeded {
@@ -116,6 +116,15 @@ pub enum Finish {
         decline_code: String,
         message: String,
     },
+    /// Voided, or provably never charged: nothing was taken, the order is payable again.
+    Cancelled {
+        intent_id: Option<String>,
+        reason: String,
+    },
+    /// Nothing can establish the outcome: the order goes to MANUAL_REVIEW, `reason` says why.
+    Unknown {
+        reason: String,
+    },
 }
 
 impl Finish {
@@ -124,6 +133,8 @@ impl Finish {
         match self {
             Finish::Succeeded { .. } => AttemptOutcome::Succeeded,
             Finish::Declined { .. } => AttemptOutcome::Declined,
+            Finish::Cancelled { .. } => AttemptOutcome::Cancelled,
+            Finish::Unknown { .. } => AttemptOutcome::Unknown,
         }
     }
 }
@@ -175,4 +186,15 @@ pub struct ErrorEntry {
     pub at: SystemTime,
     pub step: String,
     pub message: String,
+}
+
+/// An in-flight attempt the recovery worker took over: its new fence (the order's fence, bumped
+/// by the takeover), the order and the attempt as they were when claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stranded {
+    pub fence: Fence,
+    pub order: OrderRecord,
+    pub attempt: AttemptRecord,
+    /// Recovery runs so far, this one included.
+    pub resolution_tries: i32,
 }
