@@ -24,6 +24,56 @@ pub enum Command {
     /// Simulated operators race to pay a batch of orders across coordinator replicas (public
     /// gRPC API only), then a table per order next to the simulator's charges.
     Race(RaceArgs),
+    /// Benchmark of the watch streams on one coordinator replica: opens many idle WatchOrder
+    /// streams, reports the replica's RSS, then the delay from commit to delivery while
+    /// payments run (public gRPC API only; prints figures, never fails on time).
+    WatchBench(WatchBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchBenchArgs {
+    /// The coordinator replica's gRPC URL (one replica).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// An API key with role operator (it pays and watches).
+    #[arg(long, env = "BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// An API key with role service or admin, for the WatchEvents follower (operators may not
+    /// call WatchEvents); without it the follower is skipped.
+    #[arg(long, env = "BENCH_EVENTS_API_KEY", hide_env_values = true)]
+    pub events_api_key: Option<String>,
+    /// The gateway simulator's base URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:12111")]
+    pub gateway_url: String,
+    /// Idle WatchOrder streams to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    /// Distinct orders the idle streams watch (default: one per stream); each is created with
+    /// one declined payment.
+    #[arg(long)]
+    pub idle_orders: Option<usize>,
+    /// HTTP/2 connections the idle streams are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Idle streams being opened at once.
+    #[arg(long, default_value_t = 100)]
+    pub open_concurrency: usize,
+    /// Payments to run while measuring delivery.
+    #[arg(long, default_value_t = 500)]
+    pub payments: usize,
+    /// Payments in flight at once (and calls in flight while creating the idle orders).
+    #[arg(long, default_value_t = 20)]
+    pub concurrency: usize,
+    /// The replica's process id, to read its RSS from /proc/PID/status.
+    #[arg(long)]
+    pub replica_pid: Option<u32>,
+    /// Latency the simulator adds to each gateway call during the payments (a real gateway
+    /// takes longer; with none, an outcome often commits before its WatchOrder stream opens).
+    #[arg(long, default_value_t = 20)]
+    pub gateway_latency_ms: u64,
+    /// Order ids are PREFIX-idle-N, PREFIX-pay-N (default: watch-<unix time>).
+    #[arg(long)]
+    pub order_prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +165,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::WatchBench(args) => {
+            let order_prefix = args
+                .order_prefix
+                .unwrap_or_else(|| format!("watch-{}", unix_seconds()));
+            booking_sim::watch_bench::run(booking_sim::watch_bench::WatchBenchArgs {
+                coordinator: args.coordinator,
+                api_key: args.api_key,
+                events_api_key: args.events_api_key,
+                gateway_url: args.gateway_url,
+                idle_orders: args.idle_orders.unwrap_or(args.streams),
+                streams: args.streams,
+                connections: args.connections,
+                open_concurrency: args.open_concurrency,
+                payments: args.payments,
+                concurrency: args.concurrency,
+                replica_pid: args.replica_pid,
+                gateway_latency_ms: args.gateway_latency_ms,
+                order_prefix,
+            })
+            .await
+        }
         Command::Demo(args) => {
             booking_sim::demo::run(booking_sim::demo::DemoArgs {
                 gateway_url: args.gateway_url,
@@ -123,6 +194,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 async fn run_psp(args: PspArgs) -> anyhow::Result<()> {

@@ -5,3 +5,5 @@ pub mod demo;
 pub mod psp;
 pub mod race;
 pub mod sim_control;
+pub mod watch;
+pub mod watch_bench;
