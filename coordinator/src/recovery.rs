@@ -216,6 +216,7 @@ impl Runner {
                 first_sent_at: case.started_at,
                 now: SystemTime::now(),
                 tries: total,
+                run_tries: actions,
                 max_tries: config.max_runs * config.actions_per_run,
             };
             let action = decide(&situation);

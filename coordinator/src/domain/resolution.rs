@@ -62,8 +62,11 @@ pub struct Situation {
     /// idempotency window runs from it.
     pub first_sent_at: SystemTime,
     pub now: SystemTime,
-    /// Resolution actions taken so far, this attempt, across replicas.
+    /// Resolution actions taken so far, this attempt, across runs and replicas (the bound).
     pub tries: u32,
+    /// Actions taken in this run (the spacing between them: 0.5 s, 1 s, 2 s, …; the spacing
+    /// between runs is the worker's `next_check_at`).
+    pub run_tries: u32,
     pub max_tries: u32,
 }
 
@@ -103,7 +106,7 @@ pub fn decide(s: &Situation) -> Action {
     }
     let replay = s.capabilities.may_replay(s.first_sent_at, s.now);
     if let Known::Busy { after } = s.known {
-        return Action::Wait(after.max(spacing(s.tries)));
+        return Action::Wait(after.max(spacing(s.run_tries)));
     }
     let Some(intent_id) = s.intent_id.clone() else {
         return match (s.flow, &s.known) {
@@ -151,7 +154,7 @@ pub fn decide(s: &Situation) -> Action {
                 Action::ReplayConfirm(intent_id)
             }
         }
-        Known::Undecided => Action::Wait(spacing(s.tries)),
+        Known::Undecided => Action::Wait(spacing(s.run_tries)),
         Known::Busy { .. } => unreachable!("handled above"),
     }
 }
@@ -176,6 +179,7 @@ mod tests {
             first_sent_at: now - Duration::from_secs(5),
             now,
             tries: 0,
+            run_tries: 0,
             max_tries: 5,
         }
     }
@@ -235,6 +239,10 @@ mod tests {
                         },
                     );
                     assert_eq!(decide(&s), Action::Wait(Duration::from_secs(3)));
+                    // Spacing grows within a run, not with earlier runs.
+                    let mut later = s.clone();
+                    later.tries = 4;
+                    assert_eq!(decide(&later), Action::Wait(Duration::from_secs(3)));
                 }
             }
         }
@@ -331,7 +339,7 @@ mod tests {
         let mut s = situation(Flow::TwoPhase, "lookup", Some("pi_1"), Known::Undecided);
         let mut last = Duration::ZERO;
         for tries in 0..5 {
-            s.tries = tries;
+            s.run_tries = tries;
             let Action::Wait(after) = decide(&s) else {
                 panic!("waits")
             };
