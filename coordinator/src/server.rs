@@ -166,7 +166,17 @@ impl Application {
             .add_service(reflection)
             .add_service(PaymentCoordinatorServer::new(coordinator))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                    // tonic's tcp_nodelay does not apply to an incoming stream: without it small
+                    // answers and stream frames wait for Nagle's algorithm (up to ~40 ms).
+                    |accepted| {
+                        accepted.and_then(|socket| {
+                            socket.set_nodelay(true)?;
+                            Ok(socket)
+                        })
+                    },
+                ),
                 stop_signal,
             )
             .await;

@@ -752,6 +752,20 @@ async fn the_stores_own_events_reach_order_and_global_watchers() {
     );
     assert_eq!(next(&mut order_live).await, live);
     assert_eq!(live.global_sequence, 8);
+
+    // Order watchers have a channel per order, gone with its last watcher.
+    assert_eq!(feed.status().watched_orders, 1);
+    assert_eq!(feed.status().watchers, 3);
+    drop(order_live);
+    assert_eq!(
+        feed.status().watched_orders,
+        1,
+        "one watcher of ord-s remains"
+    );
+    drop(resumed);
+    assert_eq!(feed.status().watched_orders, 0);
+    drop(everything);
+    assert_eq!(feed.status().watchers, 0);
 }
 
 #[tokio::test]

@@ -148,7 +148,9 @@ async fn drain(
             }
             let occurred_at = event.occurred_at;
             // No receiver (no watcher on this replica) is fine.
-            let _ = sender.send(Arc::new(event));
+            let event = Arc::new(event);
+            shared.route(&event);
+            let _ = sender.send(event);
             shared.head.store(position, Ordering::SeqCst);
             shared
                 .newest_occurred_us

@@ -16,6 +16,7 @@ mod listener;
 mod sequencer;
 mod watch;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,8 +98,10 @@ pub struct FeedStatus {
     /// Publication time minus `occurred_at` of the newest published event: how late the feed was
     /// (a transaction held open shows here as the time it stayed open).
     pub publish_lag: Option<Duration>,
-    /// Streams open on this replica.
+    /// Streams open on this replica (global and per order).
     pub watchers: usize,
+    /// Orders with at least one `WatchOrder` stream open on this replica.
+    pub watched_orders: usize,
 }
 
 /// State shared by the sequencer, the listener and the handles.
@@ -114,7 +117,59 @@ pub(crate) struct Shared {
     listener_sessions: AtomicU64,
     /// `head` for waiters, updated once per page published.
     published: tokio_watch::Sender<i64>,
+    /// One small channel per order somebody watches on this replica: an event wakes only its
+    /// order's watchers, not every `WatchOrder` stream (10,000 idle streams would otherwise all
+    /// wake, and filter, for every event). Entries go when their last watcher does.
+    order_routes: std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<FeedEvent>>>>,
 }
+
+impl Shared {
+    fn routes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<FeedEvent>>>> {
+        // Only single inserts/removes happen under this lock: a poisoned map is still consistent.
+        self.order_routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes one event to its order's watchers, if any.
+    pub(crate) fn route(&self, event: &Arc<FeedEvent>) {
+        if let Some(sender) = self.routes().get(&event.order_id) {
+            let _ = sender.send(Arc::clone(event));
+        }
+    }
+
+    /// A receiver for one order's events (the channel is created on first use).
+    pub(crate) fn subscribe_order(&self, order_id: &str) -> broadcast::Receiver<Arc<FeedEvent>> {
+        self.routes()
+            .entry(order_id.to_owned())
+            .or_insert_with(|| broadcast::channel(ORDER_CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Receivers of every order channel.
+    fn order_watchers(&self) -> usize {
+        self.routes()
+            .values()
+            .map(broadcast::Sender::receiver_count)
+            .sum()
+    }
+
+    /// Forgets an order's channel once nobody receives from it any more.
+    pub(crate) fn release_order(&self, order_id: &str) {
+        let mut routes = self.routes();
+        if routes
+            .get(order_id)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
+            routes.remove(order_id);
+        }
+    }
+}
+
+/// Events an order's watcher may fall behind by before it catches up from the table.
+const ORDER_CHANNEL_CAPACITY: usize = 64;
 
 pub(crate) struct Inner {
     store: Store,
@@ -184,6 +239,7 @@ impl Feed {
             listener_connected: AtomicBool::new(false),
             listener_sessions: AtomicU64::new(0),
             published: tokio_watch::Sender::new(head),
+            order_routes: std::sync::Mutex::new(HashMap::new()),
         });
         let (sender, _) = broadcast::channel(config.channel_capacity.max(1));
         let nudge = Arc::new(Notify::new());
@@ -290,7 +346,8 @@ impl Feed {
             newest_occurred_at: (newest != i64::MIN)
                 .then(|| UNIX_EPOCH + Duration::from_micros(newest.unsigned_abs())),
             publish_lag: u64::try_from(lag).ok().map(Duration::from_micros),
-            watchers: self.inner.sender.receiver_count(),
+            watchers: self.inner.sender.receiver_count() + shared.order_watchers(),
+            watched_orders: shared.routes().len(),
         }
     }
 

@@ -46,7 +46,10 @@ impl Watch {
     /// Subscribes at once, before the first read of the table, so that nothing published after
     /// that read can be missed: whatever the table and the fan-out both hold is skipped by position.
     pub(super) fn new(inner: Arc<Inner>, scope: Scope, after: i64) -> Watch {
-        let receiver = inner.sender.subscribe();
+        let receiver = match &scope {
+            Scope::All => inner.sender.subscribe(),
+            Scope::Order(order_id) => inner.shared.subscribe_order(order_id),
+        };
         Watch {
             inner,
             receiver,
@@ -139,6 +142,17 @@ impl Watch {
                 }
                 Err(RecvError::Closed) => return None,
             }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Scope::Order(order_id) = &self.scope {
+            // Our receiver must be gone before the count is read: swap it for a detached one.
+            let (detached, _) = broadcast::channel(1);
+            drop(std::mem::replace(&mut self.receiver, detached.subscribe()));
+            self.inner.shared.release_order(order_id);
         }
     }
 }
