@@ -46,6 +46,8 @@ ensure_postgres
 ensure_redis
 
 say "cargo test"
+# tests/tests/crash.rs runs the real coordinator binary (kill -9, SIGSTOP): build it first.
+cargo build --quiet -p coordinator --bins
 cargo test --workspace "$@"
 
 say "all tests passed in $((SECONDS - start)) s"

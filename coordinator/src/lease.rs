@@ -116,6 +116,11 @@ impl std::fmt::Debug for Leases {
 impl Leases {
     /// Connects to Redis (a `/N` database number in the URL is honoured). `prefix` namespaces the
     /// keys; `ttl` is each lease's time to live (the holder renews well before it runs out).
+    ///
+    /// Only a malformed URL is an error. Redis being unreachable at start-up is not: leases are an
+    /// early refusal, never what correctness rests on (PostgreSQL's row lock and fence are), so the
+    /// replica starts anyway, every lease operation fails (and falls back to PostgreSQL alone)
+    /// until Redis answers, and the connection is established on the first request after that.
     pub async fn connect(
         redis_url: &str,
         prefix: &str,
@@ -126,7 +131,18 @@ impl Leases {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
-        let connection = ConnectionManager::new_with_config(client, config).await?;
+        let connection =
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "Redis unreachable at start-up: starting without leases (PostgreSQL alone \
+                         decides) until it answers"
+                    );
+                    ConnectionManager::new_lazy_with_config(client, config)?
+                }
+            };
         Ok(Leases {
             connection,
             prefix: prefix.to_owned(),

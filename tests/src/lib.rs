@@ -3,3 +3,5 @@
 pub mod coordinator;
 pub mod gateway_sim;
 pub mod pg;
+pub mod process;
+pub mod redis;
