@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::{
     domain::AttemptOutcome,
+    journal::{Hold, Journal, Written, describe, write_outcome},
     lease::{Lease, Leases},
     recovery::{Case, Learnt},
     store::{Fence, Fenced, Finish, Store},
@@ -88,6 +89,10 @@ pub struct Runner {
     pub board: OutcomeBoard,
     pub replica: String,
     pub recovery: crate::recovery::RecoveryConfig,
+    /// Where outcomes PostgreSQL cannot take go (JOURNAL_DIR).
+    pub journal: Journal,
+    /// Cancelled when shutdown starts: tasks holding a journaled outcome let go of it.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Runner {
@@ -254,7 +259,14 @@ impl Runner {
 
     /// Persists an outcome with its event in one fenced transaction, retrying a brief store
     /// failure (the write is idempotent thanks to its fence); the outcome is never dropped
-    /// silently. `None` if a newer holder owns the order (what we learnt goes to the history).
+    /// silently (§1.3). If PostgreSQL still cannot take it after `FINISH_RETRY_FOR`, the outcome
+    /// is journaled locally (fsync'd, `journal.rs`) and this task keeps holding the attempt:
+    /// it goes on retrying while the caller's task keeps the heartbeat and the Redis lease
+    /// alive, so no recovery worker takes the attempt over when the database returns and the
+    /// order stays AWAITING_CONFIRMATION meanwhile. At shutdown (or if PostgreSQL answers with an
+    /// error rather than being unreachable) it lets go: the drainer writes the entry later, at
+    /// the latest at the next start. `None` if a newer holder owns the order (what we learnt goes
+    /// to the history), or the outcome is left to the journal.
     pub(crate) async fn persist(
         &self,
         fence: &Fence,
@@ -266,45 +278,111 @@ impl Runner {
         let what = describe(finish);
         let mut delay = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + FINISH_RETRY_FOR;
+        // Set once the outcome is in the journal: this task then owns the entry.
+        let mut journaled: Option<Hold> = None;
         loop {
-            match self.store.finish_attempt(fence, finish, actor).await {
-                Ok(Fenced::Applied) => {
-                    if let Some(feed) = &self.feed {
+            match write_outcome(&self.store, fence, finish, actor, step).await {
+                Ok(written) => {
+                    if written == Written::Applied
+                        && let Some(feed) = &self.feed
+                    {
                         feed.nudge();
                     }
-                    return Some(outcome);
-                }
-                Ok(Fenced::Superseded) => {
-                    // A newer holder owns the order: its state stands. But what the gateway
-                    // told us is a fact the newer holder must be able to see (§1.3): keep it in
-                    // the attempt's history, append-only.
-                    tracing::error!(outcome = outcome.as_str(), %what, "superseded: outcome kept in the attempt's history only");
-                    if let Err(error) = self
-                        .store
-                        .note_unfenced(
-                            &fence.order_id,
-                            fence.attempt,
-                            step,
-                            &format!("superseded holder learnt: {what}"),
-                        )
-                        .await
-                    {
-                        tracing::error!(%error, %what, "could not note it in the attempt's history");
+                    if let Some(hold) = journaled.take() {
+                        self.unjournal(fence).await;
+                        drop(hold);
+                        tracing::info!(
+                            outcome = outcome.as_str(),
+                            ?written,
+                            "journaled outcome written to PostgreSQL by its attempt's task"
+                        );
                     }
-                    return None;
+                    return match written {
+                        Written::Applied | Written::AlreadyRecorded => Some(outcome),
+                        Written::Superseded => None,
+                    };
                 }
-                Err(error) if error.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                Err(error) if journaled.is_none() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(%error, %what, "could not persist the outcome yet; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Err(error) => {
-                    // The failure-handling issue journals it locally; until then it stays in
-                    // flight for the recovery worker, and the log carries everything to find it.
-                    tracing::error!(%error, outcome = outcome.as_str(), %what, "could not persist the attempt's outcome");
-                    return None;
+                    if journaled.is_none() {
+                        match self.journal_outcome(fence, finish, actor).await {
+                            Some(hold) => {
+                                tracing::warn!(%error, outcome = outcome.as_str(), %what, journal = %self.journal.path().display(), "PostgreSQL cannot take the outcome: journaled locally; holding the attempt until it is written");
+                                journaled = Some(hold);
+                            }
+                            None => {
+                                // Not journaled either: the attempt stays in flight for the
+                                // recovery worker, which asks the gateway again; the log
+                                // carries everything to find it.
+                                tracing::error!(%error, outcome = outcome.as_str(), %what, "could not persist nor journal the attempt's outcome");
+                                return None;
+                            }
+                        }
+                    }
+                    if !error.is_unavailable() {
+                        // PostgreSQL answers but refuses the write: let the drainer retry it
+                        // every second (and the recovery worker take the attempt over once
+                        // its heartbeat is stale; the drainer then finds it superseded).
+                        tracing::error!(%error, outcome = outcome.as_str(), %what, "PostgreSQL refused the outcome; left to the journal's drainer");
+                        return None;
+                    }
+                    tokio::select! {
+                        () = self.stopping.cancelled() => {
+                            tracing::warn!(outcome = outcome.as_str(), %what, "shutting down with PostgreSQL unreachable: the outcome stays in the journal, drained at the next start");
+                            return None;
+                        }
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
+        }
+    }
+
+    /// Journals an outcome (fsync'd before this returns) and holds its entry.
+    async fn journal_outcome(&self, fence: &Fence, finish: &Finish, actor: &str) -> Option<Hold> {
+        // Only the drainer can hold it meanwhile (writing an older fence's entry for the same
+        // attempt, left by a previous process): it lets go within one write.
+        let mut waited = Duration::ZERO;
+        let hold = loop {
+            if let Some(hold) = self.journal.try_hold(&fence.order_id, fence.attempt) {
+                break hold;
+            }
+            if waited >= Duration::from_secs(10) {
+                tracing::error!("the journal entry stays held by another writer");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        };
+        let (fence, finish, actor) = (fence.clone(), finish.clone(), actor.to_owned());
+        match self
+            .journal
+            .blocking(move |j| j.record(&fence, &finish, &actor))
+            .await
+        {
+            Ok(()) => Some(hold),
+            Err(error) => {
+                tracing::error!(%error, "could not journal the outcome");
+                None
+            }
+        }
+    }
+
+    /// Removes a written entry from the journal (if that fails, the drainer finds the outcome
+    /// already recorded and removes it).
+    async fn unjournal(&self, fence: &Fence) {
+        let (order_id, attempt) = (fence.order_id.clone(), fence.attempt);
+        if let Err(error) = self
+            .journal
+            .blocking(move |j| j.remove(&order_id, attempt))
+            .await
+        {
+            tracing::error!(%error, "could not remove a written outcome from the journal");
         }
     }
 
@@ -346,28 +424,8 @@ impl Runner {
     }
 }
 
-/// How long a store failure at the end of an attempt is retried before giving up on it.
-const FINISH_RETRY_FOR: Duration = Duration::from_secs(20);
-
-/// The outcome in words, with the intent id, for logs and history.
-fn describe(finish: &Finish) -> String {
-    match finish {
-        Finish::Succeeded { intent_id } => format!("succeeded: {intent_id} charged"),
-        Finish::Declined {
-            intent_id,
-            decline_code,
-            message,
-        } => format!(
-            "declined ({decline_code}): {message}; intent {}",
-            intent_id.as_deref().unwrap_or("unknown")
-        ),
-        Finish::Cancelled { intent_id, reason } => format!(
-            "cancelled, nothing charged ({reason}); intent {}",
-            intent_id.as_deref().unwrap_or("none")
-        ),
-        Finish::Unknown { reason } => format!("unknown, manual review: {reason}"),
-    }
-}
+/// How long a store failure at the end of an attempt is retried before the outcome is journaled.
+const FINISH_RETRY_FOR: Duration = Duration::from_secs(2);
 
 /// Renews the lease every third of its TTL, for as long as it is ours. Returns only when it can
 /// no longer be renewed (lost to expiry, or Redis unreachable for a whole TTL).

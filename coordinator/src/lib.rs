@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod feed;
+pub mod journal;
 pub mod lease;
 pub mod recovery;
 pub mod server;

@@ -338,7 +338,11 @@ impl Runner {
             let (learnt, said) = interpret(step, &reply, false);
             tracing::info!(step, %said, "recovery learnt");
             let history_step = step.split(' ').next().unwrap_or(step);
-            if !self.history(&case.fence, history_step, &said).await {
+            let noted = self.history(&case.fence, history_step, &said).await;
+            // A final outcome the gateway just gave is a fact: persist it (journaled if
+            // PostgreSQL is down, noted in the history if superseded) even when the history
+            // note could not be written; anything else stops here for the recovery worker.
+            if !noted && !matches!(learnt, Learnt::Final(_)) {
                 return None;
             }
             match learnt {

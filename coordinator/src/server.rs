@@ -17,15 +17,18 @@ use crate::{
     auth::{AuthLayer, KeyStore},
     config::Settings,
     feed::Feed,
+    journal::{Drainer, Journal},
     lease::Leases,
     recovery::RecoveryWorker,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// PostgreSQL connections per replica.
 const POOL_SIZE: usize = 16;
 /// How often health re-checks PostgreSQL.
 const HEALTH_PERIOD: Duration = Duration::from_secs(1);
+/// Longest pause between connection attempts while PostgreSQL is unreachable at start-up.
+const START_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A bound, not yet serving coordinator; tests build it on port 0.
 pub struct Application {
@@ -67,7 +70,15 @@ impl Application {
             ),
         };
 
-        let store = Store::connect(&settings.database_url, POOL_SIZE)
+        // The journal first: a replica that cannot keep outcomes PostgreSQL cannot take must not
+        // start payments (CONTRACT §1.3).
+        let journal = Journal::open_as(&settings.journal_dir, &replica).with_context(|| {
+            format!(
+                "opening the outcome journal in JOURNAL_DIR {}",
+                settings.journal_dir.display()
+            )
+        })?;
+        let store = connect_store(&settings.database_url, &journal)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL) and migrating the schema")?;
         let leases = Leases::connect(
@@ -109,6 +120,8 @@ impl Application {
             board: OutcomeBoard::default(),
             replica: replica.clone(),
             recovery: settings.recovery(),
+            journal,
+            stopping: CancellationToken::new(),
         };
         Ok(Self {
             listener,
@@ -126,6 +139,11 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// This replica's outcome journal (JOURNAL_DIR), e.g. for tests to see what it holds.
+    pub fn journal(&self) -> Journal {
+        self.runner.journal.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting calls and waits for every
     /// attempt already committed to reach the end of its gateway flow.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -137,19 +155,35 @@ impl Application {
         let health_stop = shutdown.child_token();
         tracker.spawn(watch_health(store, health, health_stop.clone()));
         tracker.spawn(watch_feed_lag(self.feed.clone(), health_stop.clone()));
-        // The recovery worker: a first sweep now (start-up), then every sweep period; it stops
-        // taking attempts over when shutdown starts (the ones it took run to their end).
-        tracker.spawn(
-            RecoveryWorker {
-                runner: self.runner.clone(),
+        // The journal's drainer, then the recovery worker. Outcomes this replica journaled
+        // (PostgreSQL was down, possibly before a restart) are written first, as soon as
+        // PostgreSQL answers, so that the worker never takes over an attempt whose outcome is
+        // sitting here. Then the worker: a first sweep (start-up), then every sweep period; it
+        // stops taking attempts over when shutdown starts (the ones it took run to their end).
+        // The drainer then passes every second until shutdown.
+        let drainer = Drainer {
+            journal: self.runner.journal.clone(),
+            store: self.runner.store.clone(),
+            feed: Some(self.feed.clone()),
+        };
+        let worker = RecoveryWorker {
+            runner: self.runner.clone(),
+        };
+        let (worker_tracker, drain_stop) = (tracker.clone(), health_stop.clone());
+        tracker.spawn(async move {
+            drainer.drain_until_answered(&drain_stop).await;
+            if drain_stop.is_cancelled() {
+                return;
             }
-            .run(tracker.clone(), health_stop.clone()),
-        );
+            worker_tracker.spawn(worker.run(worker_tracker.clone(), drain_stop.clone()));
+            drainer.run(drain_stop).await;
+        });
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        let stopping = self.runner.stopping.clone();
         let coordinator = Coordinator::new(self.runner, self.feed, tracker.clone());
         // Watch streams never end on their own: stopping the feed ends them, so the server's
         // graceful shutdown does not wait for watchers forever.
@@ -157,6 +191,9 @@ impl Application {
         let stop_signal = async move {
             shutdown.cancelled().await;
             feed_stop.cancel();
+            // Attempts holding a journaled outcome (PostgreSQL unreachable) let go of it: it
+            // stays in the journal for the next start.
+            stopping.cancel();
         };
 
         tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, "coordinator listening");
@@ -189,6 +226,26 @@ impl Application {
         tracker.wait().await;
         served?;
         Ok(())
+    }
+}
+
+/// Connects to PostgreSQL and migrates. While PostgreSQL is unreachable, waits for it (retrying
+/// with backoff, saying so) rather than failing: a replica restarted during an outage must come
+/// up and drain its journal as soon as the database answers. It does not serve meanwhile (no
+/// payment can start without PostgreSQL anyway). Any other error (bad URL, credentials) fails.
+async fn connect_store(database_url: &str, journal: &Journal) -> Result<Store, StoreError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match Store::connect(database_url, POOL_SIZE).await {
+            Ok(store) => return Ok(store),
+            Err(error) if error.is_unavailable() => {
+                let pending = journal.len().unwrap_or(0);
+                tracing::warn!(%error, journaled_outcomes = pending, retry_in_ms = delay.as_millis() as u64, "PostgreSQL unreachable at start-up; waiting for it");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(START_RETRY_MAX);
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 
