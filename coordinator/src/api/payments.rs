@@ -131,7 +131,13 @@ impl Coordinator {
         let (order, attempt) = match self.store.begin_attempt(&new).await {
             Ok(Begin::Started { order, attempt }) => (order, attempt),
             Ok(Begin::Refused(refusal)) => {
-                release(&lease).await;
+                // Another attempt committed first (its caller got past a lease that was not yet
+                // ours): keep this lease until it expires, so that later callers are refused by
+                // Redis, not by a PostgreSQL transaction each. A busy lease is always checked
+                // against PostgreSQL, so it can never block the order beyond its attempt.
+                if !matches!(refusal, BeginRefusal::InProgress { .. }) {
+                    release(&lease).await;
+                }
                 let _ = answer.send(Err(refused(&new.order_id, refusal)));
                 return;
             }
