@@ -445,3 +445,62 @@ async fn past_the_idempotency_window_a_create_is_never_replayed() {
     r1.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn without_idempotency_and_lookup_a_timeout_goes_to_manual_review() {
+    let env = TestEnv::with_sim(SimConfig {
+        without: Without {
+            idempotency: true,
+            lookup: true,
+            ..Without::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let replica = env
+        .replica(
+            "r0",
+            &[
+                "--gateway-flow",
+                "one_shot",
+                "--gateway-capabilities",
+                "cancel",
+                "--gateway-timeout-ms",
+                "500",
+            ],
+        )
+        .await;
+    let mut client = replica.client(OPERATOR).await;
+    // The gateway charges and holds its answer past the coordinator's timeout.
+    env.sim_control
+        .set_faults(
+            json!({ "next": ["timeout"], "operations": ["create"], "slow_answer_ms": 60000 }),
+        )
+        .await
+        .expect("faults");
+    let o = client
+        .process_payment(pay("review-t", "k1", true))
+        .await
+        .expect("answered")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(
+        o.state(),
+        pb::OrderState::ManualReview,
+        "nothing can establish the outcome"
+    );
+    let attempt = &o.attempts[0];
+    assert_eq!(attempt.outcome(), pb::AttemptOutcome::Unknown);
+    let history = steps(attempt);
+    assert!(history.iter().any(|s| s.contains("timeout")), "{history:?}");
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(ledger.calls.create, 1, "never a blind retry");
+    assert_eq!(
+        charges(&env, "review-t").await,
+        1,
+        "the charge the reviewer must find"
+    );
+    replica.stop().await;
+    env.cleanup().await;
+}
