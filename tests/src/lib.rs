@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod checks;
 pub mod coordinator;
 pub mod gateway_sim;
 pub mod pg;

@@ -3,7 +3,7 @@
 //! recovery worker finishes the attempt. Every money assertion is made against the simulator's
 //! ledger.
 
-use std::time::Duration;
+use integration_tests::checks::{charges, steps, wait_for};
 
 use integration_tests::{
     coordinator::{Client, OPERATOR, TestEnv},
@@ -11,9 +11,6 @@ use integration_tests::{
 };
 use payments_proto::v1::{self as pb};
 use serde_json::json;
-
-/// A guard against a hung test, never an assertion about speed.
-const GUARD: Duration = Duration::from_secs(90);
 
 fn pay(order_id: &str, key: &str, wait: bool) -> pb::ProcessPaymentRequest {
     pb::ProcessPaymentRequest {
@@ -44,14 +41,6 @@ async fn order(client: &mut Client, order_id: &str) -> pb::Order {
         .into_inner()
 }
 
-fn steps(attempt: &pb::Attempt) -> Vec<String> {
-    attempt
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", e.step, e.message))
-        .collect()
-}
-
 /// Polls the order until `done` holds for it.
 async fn order_until(
     client: &mut Client,
@@ -59,51 +48,29 @@ async fn order_until(
     what: &str,
     done: impl Fn(&pb::Order) -> bool,
 ) -> pb::Order {
-    let poll = async {
-        loop {
-            let o = order(client, order_id).await;
-            if done(&o) {
-                return o;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(GUARD, poll)
-        .await
-        .unwrap_or_else(|_| panic!("{order_id} never reached: {what}"))
-}
-
-/// Successful charges of `order_id` in the simulator's ledger.
-async fn charges(env: &TestEnv, order_id: &str) -> u32 {
-    let ledger = env.sim_control.ledger().await.expect("ledger");
-    ledger
-        .intents
-        .iter()
-        .filter(|i| i.metadata.get("order_id").map(String::as_str) == Some(order_id))
-        .map(|i| i.times_charged)
-        .sum()
+    wait_for(&format!("{order_id} reaches: {what}"), async || {
+        let o = order(client, order_id).await;
+        done(&o).then_some(o)
+    })
+    .await
 }
 
 /// Waits until `op` ("create" or "confirm") has reached the simulator `n` times: the call is
 /// then in the middle of its (slowed) processing.
 async fn gateway_reached(env: &TestEnv, op: &str, n: u64) {
-    let poll = async {
-        loop {
+    wait_for(
+        &format!("the {op} call reaches the simulator"),
+        async || {
             let calls = env.sim_control.ledger().await.expect("ledger").calls;
             let seen = match op {
                 "create" => calls.create,
                 "confirm" => calls.confirm,
                 other => panic!("unexpected operation {other}"),
             };
-            if seen >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(GUARD, poll)
-        .await
-        .unwrap_or_else(|_| panic!("the {op} call never reached the simulator"));
+            (seen >= n).then_some(())
+        },
+    )
+    .await
 }
 
 /// The state and the ledger agree: PAID ⇔ one charge; PENDING (cancelled) ⇔ none.

@@ -1,6 +1,7 @@
 //! ProcessPayment end to end: real coordinator servers over gRPC, real PostgreSQL and Redis, the
 //! gateway simulator over HTTP. Every money assertion is made against the simulator's ledger.
 
+use integration_tests::checks::{charges_by_order, reason};
 use std::collections::HashMap;
 
 use integration_tests::coordinator::{
@@ -28,25 +29,6 @@ fn pay(order_id: &str, amount: i64, key: &str, method: &str) -> pb::ProcessPayme
         idempotency_key: key.to_owned(),
         wait_for_outcome: true,
     }
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
-
-/// Successful charges per order id, from the simulator's ledger.
-async fn charges_by_order(env: &TestEnv) -> HashMap<String, u32> {
-    let ledger = env.sim_control.ledger().await.expect("ledger");
-    let mut charges = HashMap::new();
-    for intent in ledger.intents {
-        if let Some(order) = intent.metadata.get("order_id") {
-            *charges.entry(order.clone()).or_default() += intent.times_charged;
-        }
-    }
-    charges
 }
 
 async fn count(env: &TestEnv, sql: &str) -> i64 {

@@ -2,15 +2,13 @@
 //! Real coordinator replicas over gRPC, real PostgreSQL and Redis, the gateway simulator over
 //! HTTP with forced faults. Every money assertion is made against the simulator's ledger.
 
+use integration_tests::checks::{charges, steps, wait_for};
 use std::time::Duration;
 
 use booking_sim::psp::{SimConfig, Without};
 use integration_tests::coordinator::{Client, OPERATOR, TestEnv};
 use payments_proto::v1::{self as pb};
 use serde_json::json;
-
-/// A guard against a hung test, never an assertion about speed.
-const GUARD: Duration = Duration::from_secs(60);
 
 fn pay(order_id: &str, key: &str, wait: bool) -> pb::ProcessPaymentRequest {
     pb::ProcessPaymentRequest {
@@ -43,37 +41,11 @@ async fn order(client: &mut Client, order_id: &str) -> pb::Order {
 
 /// Polls the order (over gRPC) until it leaves AWAITING_CONFIRMATION.
 async fn settled(client: &mut Client, order_id: &str) -> pb::Order {
-    let poll = async {
-        loop {
-            let o = order(client, order_id).await;
-            if o.state() != pb::OrderState::AwaitingConfirmation {
-                return o;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(GUARD, poll)
-        .await
-        .expect("the order never left AWAITING_CONFIRMATION")
-}
-
-/// Successful charges of `order_id` in the simulator's ledger.
-async fn charges(env: &TestEnv, order_id: &str) -> u32 {
-    let ledger = env.sim_control.ledger().await.expect("ledger");
-    ledger
-        .intents
-        .iter()
-        .filter(|i| i.metadata.get("order_id").map(String::as_str) == Some(order_id))
-        .map(|i| i.times_charged)
-        .sum()
-}
-
-fn steps(attempt: &pb::Attempt) -> Vec<String> {
-    attempt
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", e.step, e.message))
-        .collect()
+    wait_for("the order leaves AWAITING_CONFIRMATION", async || {
+        let o = order(client, order_id).await;
+        (o.state() != pb::OrderState::AwaitingConfirmation).then_some(o)
+    })
+    .await
 }
 
 /// The state and the ledger agree: PAID ⇔ one charge; PENDING (cancelled) ⇔ none.
@@ -368,20 +340,20 @@ async fn a_stranded_attempt_is_taken_over_and_the_stale_holder_cannot_overwrite(
         assert!(fence >= 2, "{flow}: the takeover bumped the fence");
         // Wait until the stale holder (r0) has finished its call and tried to write: its
         // outcome lands in the history only.
-        let history = tokio::time::timeout(GUARD, async {
-            loop {
+        let history = wait_for(
+            "the stale holder's outcome reaches the history",
+            async || {
                 let o = order(&mut c1, &order_id).await;
                 let history = steps(&o.attempts[0]);
-                if history.iter().any(|s| {
-                    s.contains("superseded holder learnt") || s.contains("left unconfirmed")
-                }) {
-                    return (o, history);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("the stale holder's outcome reaches the history");
+                history
+                    .iter()
+                    .any(|s| {
+                        s.contains("superseded holder learnt") || s.contains("left unconfirmed")
+                    })
+                    .then_some((o, history))
+            },
+        )
+        .await;
         let (after, history) = history;
         assert!(
             history

@@ -2,6 +2,7 @@
 //! is stopped while payments run on two replicas and started again; a replica also starts while
 //! it is down. Every money assertion is made against the simulator's ledger.
 
+use integration_tests::checks::{charges_by_order, reason};
 use std::{collections::HashMap, time::Duration};
 
 use integration_tests::{
@@ -33,13 +34,6 @@ fn pay(order_id: &str, key: &str, method: &str) -> pb::ProcessPaymentRequest {
     }
 }
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
-
 /// Every third order is paid with a card the gateway declines: it ends PENDING, payable again.
 fn method_of(order_id: &str) -> &'static str {
     let n: usize = order_id
@@ -62,18 +56,6 @@ async fn order(client: &mut Client, order_id: &str) -> pb::Order {
         .await
         .expect("get order")
         .into_inner()
-}
-
-/// Successful charges per order id, from the simulator's ledger.
-async fn charges_by_order(env: &TestEnv) -> HashMap<String, u32> {
-    let ledger = env.sim_control.ledger().await.expect("ledger");
-    let mut charges = HashMap::new();
-    for intent in ledger.intents {
-        if let Some(order) = intent.metadata.get("order_id") {
-            *charges.entry(order.clone()).or_insert(0) += intent.times_charged;
-        }
-    }
-    charges
 }
 
 type Call = tokio::task::JoinHandle<(String, Result<pb::ProcessPaymentResponse, tonic::Status>)>;
