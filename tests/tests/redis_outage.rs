@@ -2,7 +2,7 @@
 //! is stopped while payments run on two replicas and started again; a replica also starts while
 //! it is down. Every money assertion is made against the simulator's ledger.
 
-use integration_tests::checks::{charges_by_order, reason};
+use integration_tests::checks::{charges_by_order, reason, wait_for};
 use std::{collections::HashMap, time::Duration};
 
 use integration_tests::{
@@ -138,18 +138,11 @@ async fn check_answers(calls: Vec<Call>) {
 async fn assert_settled_and_consistent(env: &TestEnv, client: &mut Client, orders: &[String]) {
     let mut states = HashMap::new();
     for order_id in orders {
-        let poll = async {
-            loop {
-                let o = order(client, order_id).await;
-                if o.state() != pb::OrderState::AwaitingConfirmation {
-                    return o;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        let o = tokio::time::timeout(GUARD, poll)
-            .await
-            .unwrap_or_else(|_| panic!("{order_id} never settled"));
+        let o = wait_for(&format!("{order_id} settles"), async || {
+            let o = order(client, order_id).await;
+            (o.state() != pb::OrderState::AwaitingConfirmation).then_some(o)
+        })
+        .await;
         states.insert(order_id.clone(), o);
     }
     let charges = charges_by_order(env).await;
@@ -211,18 +204,11 @@ async fn redis_stopped_during_concurrent_payments_never_double_charges() {
     // Redis stops once every one of those attempts is at the gateway.
     let first: Vec<String> = (0..ORDERS_PER_WAVE).map(|i| format!("up-{i}")).collect();
     let leaders = wave(&[&r0, &r1], &first, 0..1).await;
-    let reached = async {
-        loop {
-            let ledger = env.sim_control.ledger().await.expect("ledger");
-            if ledger.calls.create >= ORDERS_PER_WAVE as u64 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(GUARD, reached)
-        .await
-        .expect("wave 1 never reached the gateway");
+    wait_for("wave 1 reaches the gateway", async || {
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        (ledger.calls.create >= ORDERS_PER_WAVE as u64).then_some(())
+    })
+    .await;
     let held = lease_keys(&redis.url(), &env.redis_prefix).await;
     let expected: Vec<String> = {
         let mut keys: Vec<String> = first
@@ -347,17 +333,10 @@ async fn a_replica_starts_while_redis_is_down_and_pays() {
             .await
             .map(|r| r.into_inner())
     });
-    let leased = async {
-        loop {
-            if !lease_keys(&redis.url(), &env.redis_prefix).await.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(GUARD, leased)
-        .await
-        .expect("a lease is taken in Redis once it is back");
+    wait_for("a lease is taken in Redis once it is back", async || {
+        (!lease_keys(&redis.url(), &env.redis_prefix).await.is_empty()).then_some(())
+    })
+    .await;
     let o = paying
         .await
         .expect("task")
