@@ -46,6 +46,7 @@ pub fn attempt(a: &AttemptRecord) -> pb::Attempt {
             })
             .collect(),
         replica_id: a.replica_id.clone(),
+        ..Default::default()
     }
 }
 
@@ -61,5 +62,6 @@ pub fn order(o: &OrderRecord) -> pb::Order {
         items: o.items.iter().map(line_item).collect(),
         created_at: Some(timestamp(o.created_at)),
         updated_at: Some(timestamp(o.updated_at)),
+        ..Default::default()
     }
 }

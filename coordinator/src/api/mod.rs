@@ -1,11 +1,13 @@
 //! The `payments.v1.PaymentCoordinator` service: one file per RPC group. Handlers return
 //! `Result<_, Error>`; the conversion to `tonic::Status` happens once, in `error.rs`.
-//! RPCs of later issues answer `UNIMPLEMENTED`.
 
+mod control;
 mod convert;
 mod deadline;
 mod orders;
 mod payments;
+mod refunds;
+mod reviews;
 mod watch;
 
 use std::pin::Pin;
@@ -43,10 +45,9 @@ impl Coordinator {
     }
 }
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented by this coordinator version yet"
-    ))
+/// An RPC not implemented yet (temporary, while issue 6 lands).
+fn not_yet(rpc: &str) -> crate::error::Error {
+    crate::error::Error::Internal(format!("{rpc} is not implemented yet"))
 }
 
 #[tonic::async_trait]
@@ -85,43 +86,43 @@ impl PaymentCoordinator for Coordinator {
 
     async fn refund_payment(
         &self,
-        _request: Request<pb::RefundPaymentRequest>,
+        request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        Err(not_yet("RefundPayment"))
+        Ok(self.refund_payment_impl(request).await?)
     }
 
     async fn list_manual_reviews(
         &self,
-        _request: Request<pb::ListManualReviewsRequest>,
+        request: Request<pb::ListManualReviewsRequest>,
     ) -> Result<Response<pb::ListManualReviewsResponse>, Status> {
-        Err(not_yet("ListManualReviews"))
+        Ok(self.list_manual_reviews_impl(request).await?)
     }
 
     async fn resolve_manual_review(
         &self,
-        _request: Request<pb::ResolveManualReviewRequest>,
+        request: Request<pb::ResolveManualReviewRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        Err(not_yet("ResolveManualReview"))
+        Ok(self.resolve_manual_review_impl(request).await?)
     }
 
     async fn pause_payments(
         &self,
-        _request: Request<pb::PausePaymentsRequest>,
+        request: Request<pb::PausePaymentsRequest>,
     ) -> Result<Response<pb::PaymentsStatus>, Status> {
-        Err(not_yet("PausePayments"))
+        Ok(self.pause_payments_impl(request).await?)
     }
 
     async fn resume_payments(
         &self,
-        _request: Request<pb::ResumePaymentsRequest>,
+        request: Request<pb::ResumePaymentsRequest>,
     ) -> Result<Response<pb::PaymentsStatus>, Status> {
-        Err(not_yet("ResumePayments"))
+        Ok(self.resume_payments_impl(request).await?)
     }
 
     async fn get_payments_status(
         &self,
-        _request: Request<pb::GetPaymentsStatusRequest>,
+        request: Request<pb::GetPaymentsStatusRequest>,
     ) -> Result<Response<pb::PaymentsStatus>, Status> {
-        Err(not_yet("GetPaymentsStatus"))
+        Ok(self.get_payments_status_impl(request).await?)
     }
 }
