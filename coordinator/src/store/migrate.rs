@@ -33,6 +33,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "recovery",
         sql: include_str!("../../migrations/0003_recovery.sql"),
     },
+    Migration {
+        version: 4,
+        name: "reviews_refunds",
+        sql: include_str!("../../migrations/0004_reviews_refunds.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "payments_control",
+        sql: include_str!("../../migrations/0005_payments_control.sql"),
+    },
 ];
 
 /// The advisory lock serialising migrations across replicas ("payments" in ASCII).
