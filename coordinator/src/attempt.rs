@@ -6,7 +6,15 @@
 //! overwriting anything (§1.5). The task is owned by the server's `TaskTracker`, never by the
 //! caller's request, so a client that disconnects cannot cancel a gateway call half-way (§1.7).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use gateway_client::{
     CreateIntent, Flow, GatewayClient, IdempotencyKey, Outcome, PaymentIntent, Reply,
@@ -91,8 +99,102 @@ pub struct Runner {
     pub recovery: crate::recovery::RecoveryConfig,
     /// Where outcomes PostgreSQL cannot take go (JOURNAL_DIR).
     pub journal: Journal,
-    /// Cancelled when shutdown starts: tasks holding a journaled outcome let go of it.
+    /// Cancelled when shutdown starts: tasks holding a journaled outcome let go of it, and
+    /// `ProcessPayment` starts no new attempt.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The end of the shutdown's grace period (SHUTDOWN_GRACE_MS), for every attempt task.
+    pub drain: Drain,
+}
+
+/// How a graceful shutdown bounds the attempt tasks of this replica.
+///
+/// Until `give_up` is cancelled (SHUTDOWN_GRACE_MS after SIGTERM) attempts run on, so that most
+/// reach their outcome here. Then every task still inside [`Runner::with_heartbeat`] stops where
+/// it is, without guessing an outcome, and hands its attempt over: a `shutdown` line in its
+/// history, its heartbeat set in the past (fenced) so that another replica's recovery worker
+/// claims it at its next sweep rather than a LEASE_TTL later, and (attempt tasks) its Redis lease
+/// released. Stopping mid gateway call is safe for the same reason a crash is: the recovery
+/// worker resolves the call with the same idempotency keys (look-up, same-key replay, cancel).
+/// The one place never interrupted is [`Runner::persist`]: an outcome already learnt is written,
+/// or journaled, before the task lets go.
+#[derive(Clone)]
+pub struct Drain {
+    give_up: tokio_util::sync::CancellationToken,
+    /// How many tasks are inside `with_heartbeat` now.
+    running: Arc<watch::Sender<usize>>,
+    handed_over: Arc<AtomicUsize>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            give_up: tokio_util::sync::CancellationToken::new(),
+            running: Arc::new(watch::Sender::new(0)),
+            handed_over: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Drain {
+    /// The grace period is over: tasks still running hand their attempts over.
+    pub fn give_up(&self) {
+        self.give_up.cancel();
+    }
+
+    /// Attempt tasks (new or recovered) running now.
+    pub fn running(&self) -> usize {
+        *self.running.borrow()
+    }
+
+    /// Returns once no attempt task is running (at once if none is).
+    pub async fn idle(&self) {
+        let mut running = self.running.subscribe();
+        // The sender lives in `self`: this cannot fail while we wait.
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+
+    /// Attempts handed over to the recovery workers by this shutdown.
+    pub fn handed_over(&self) -> usize {
+        self.handed_over.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one running task in [`Drain::running`] while it lives.
+struct Running(Arc<watch::Sender<usize>>);
+
+impl Running {
+    fn enter(drain: &Drain) -> Self {
+        drain.running.send_modify(|n| *n += 1);
+        Self(Arc::clone(&drain.running))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+tokio::task_local! {
+    /// Whether the task is inside [`Runner::persist`] (set only within `with_heartbeat`): the
+    /// shutdown's give-up waits for it instead of dropping an outcome already learnt.
+    static PERSISTING: Cell<bool>;
+}
+
+/// Marks the current task as persisting an outcome while it lives.
+struct Persisting(bool);
+
+impl Persisting {
+    fn enter() -> Self {
+        // Outside `with_heartbeat` there is nothing to mark (no give-up can interrupt the task).
+        Self(PERSISTING.try_with(|p| p.replace(true)).unwrap_or(false))
+    }
+}
+
+impl Drop for Persisting {
+    fn drop(&mut self) {
+        let _ = PERSISTING.try_with(|p| p.set(self.0));
+    }
 }
 
 impl Runner {
@@ -274,6 +376,8 @@ impl Runner {
         actor: &str,
         step: &str,
     ) -> Option<AttemptOutcome> {
+        // Set before the first await: a shutdown's give-up never drops an outcome learnt.
+        let _persisting = Persisting::enter();
         let outcome = finish.outcome();
         let what = describe(finish);
         let mut delay = Duration::from_millis(100);
@@ -389,26 +493,91 @@ impl Runner {
     /// Runs `work` while refreshing the attempt's heartbeat every LEASE_TTL/3 (fenced), so the
     /// recovery workers know its holder is alive. A heartbeat that finds a newer holder stops
     /// beating; the work's own fenced writes then fail and it stops.
-    pub(crate) async fn with_heartbeat<T>(
+    ///
+    /// If the shutdown's grace period ends first ([`Drain`]), `work` is dropped where it stands
+    /// (unless it is persisting an outcome: then it finishes that) and the attempt is handed to
+    /// the recovery workers; the answer is then `T::default()` (for an attempt: `None`, still in
+    /// flight).
+    pub(crate) async fn with_heartbeat<T: Default>(
         &self,
         fence: &Fence,
         work: impl std::future::Future<Output = T>,
     ) -> T {
+        let _running = Running::enter(&self.drain);
         let period = (self.recovery.stale_after / 3).max(Duration::from_millis(50));
-        let beat = async {
-            loop {
-                tokio::time::sleep(period).await;
-                match self.store.heartbeat(fence).await {
-                    Ok(Fenced::Applied) => {}
-                    Ok(Fenced::Superseded) => return,
-                    Err(error) => tracing::warn!(%error, "could not refresh the heartbeat"),
+        let worked = PERSISTING
+            .scope(Cell::new(false), async {
+                let beat = async {
+                    loop {
+                        tokio::time::sleep(period).await;
+                        match self.store.heartbeat(fence).await {
+                            Ok(Fenced::Applied) => {}
+                            Ok(Fenced::Superseded) => return,
+                            Err(error) => tracing::warn!(%error, "could not refresh the heartbeat"),
+                        }
+                    }
+                };
+                tokio::pin!(work);
+                let beating = async {
+                    tokio::select! {
+                        out = &mut work => out,
+                        () = beat => (&mut work).await,
+                    }
+                };
+                tokio::pin!(beating);
+                tokio::select! {
+                    out = &mut beating => Some(out),
+                    () = self.drain.give_up.cancelled() => {
+                        if PERSISTING.with(Cell::get) {
+                            // An outcome is being written (or journaled): bounded, and never dropped.
+                            Some(beating.await)
+                        } else {
+                            None
+                        }
+                    }
                 }
+            })
+            .await;
+        // `work` is dropped by now: a gateway request in progress was abandoned (its connection
+        // closed) before the attempt is handed over.
+        match worked {
+            Some(out) => out,
+            None => {
+                self.hand_over(fence).await;
+                T::default()
             }
-        };
-        tokio::pin!(work);
-        tokio::select! {
-            out = &mut work => out,
-            () = beat => work.await,
+        }
+    }
+
+    /// Shutdown, grace period over, outcome not known: leaves the attempt to the recovery
+    /// workers of the other replicas, saying so in its history. Fenced: an attempt a newer holder
+    /// took over (or that has an outcome) is not ours to hand over.
+    async fn hand_over(&self, fence: &Fence) {
+        let message = format!(
+            "replica {} shut down before the outcome was known; left to the recovery worker",
+            self.replica
+        );
+        match self.store.append_error(fence, "shutdown", &message).await {
+            Ok(Fenced::Applied) => {}
+            Ok(Fenced::Superseded) => return,
+            Err(error) => {
+                // The heartbeat stops with this task: another replica takes the attempt over
+                // once it is LEASE_TTL old, as after a crash.
+                tracing::error!(%error, "could not note the hand-over; the attempt is taken over once its heartbeat is stale");
+                return;
+            }
+        }
+        // Heartbeat '-infinity' and next check now: `claim_stranded` on any other replica takes
+        // the attempt at its next sweep instead of waiting for LEASE_TTL. Fenced like every write.
+        match self.store.schedule_next_check(fence, Duration::ZERO).await {
+            Ok(Fenced::Applied) => {
+                self.drain.handed_over.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("shutdown: attempt left to the recovery worker");
+            }
+            Ok(Fenced::Superseded) => {}
+            Err(error) => {
+                tracing::error!(%error, "could not hand the attempt over; it is taken over once its heartbeat is stale");
+            }
         }
     }
 
@@ -450,5 +619,48 @@ async fn keep_alive(leases: &Leases, lease: &Lease) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_drain_counts_running_tasks_and_wakes_when_idle() {
+        let drain = Drain::default();
+        // Idle at once when nothing runs.
+        drain.idle().await;
+        let first = Running::enter(&drain);
+        let second = Running::enter(&drain);
+        assert_eq!(drain.running(), 2);
+        let waiter = {
+            let drain = drain.clone();
+            tokio::spawn(async move { drain.idle().await })
+        };
+        drop(first);
+        assert_eq!(drain.running(), 1);
+        assert!(!waiter.is_finished());
+        drop(second);
+        waiter.await.unwrap();
+        assert_eq!(drain.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn persisting_is_marked_only_inside_the_heartbeat_scope() {
+        // Outside `with_heartbeat`'s scope there is nothing to mark, and nothing fails.
+        drop(Persisting::enter());
+        PERSISTING
+            .scope(Cell::new(false), async {
+                assert!(!PERSISTING.with(Cell::get));
+                {
+                    let _persisting = Persisting::enter();
+                    assert!(PERSISTING.with(Cell::get));
+                    tokio::task::yield_now().await;
+                    assert!(PERSISTING.with(Cell::get));
+                }
+                assert!(!PERSISTING.with(Cell::get));
+            })
+            .await;
     }
 }

@@ -1,7 +1,7 @@
 //! Settings of CONTRACT §6, parsed once at start-up. Every setting is an environment variable
 //! and the matching `--flag`; defaults suit a developer's machine.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
@@ -117,6 +117,23 @@ pub struct Settings {
     /// Where traces go (OTLP); unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// Each API key's sustained request rate (requests per second); past its budget a caller is
+    /// refused with RESOURCE_EXHAUSTED / RATE_LIMITED and a retry delay. A key's own
+    /// `rate_per_second` in API_KEYS_FILE overrides it.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value = "200")]
+    pub rate_limit_per_second: NonZeroU32,
+
+    /// How many requests an API key may make at once above its rate (a key's own `burst` in
+    /// API_KEYS_FILE overrides it).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value = "400")]
+    pub rate_limit_burst: NonZeroU32,
+
+    /// On SIGTERM, how long attempts in flight get to reach an outcome before they are handed to
+    /// the other replicas' recovery workers; keep it well under the orchestrator's kill timeout
+    /// (Kubernetes' terminationGracePeriodSeconds, 30 s by default).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Settings {
@@ -135,6 +152,18 @@ impl Settings {
 
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// Every API key's default request budget.
+    pub fn rate_limit(&self) -> crate::auth::RateLimit {
+        crate::auth::RateLimit {
+            per_second: self.rate_limit_per_second,
+            burst: self.rate_limit_burst,
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 
     /// The recovery worker's settings.
@@ -202,6 +231,9 @@ impl fmt::Debug for Settings {
                 "otel_exporter_otlp_endpoint",
                 &self.otel_exporter_otlp_endpoint,
             )
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .finish()
     }
 }
@@ -241,6 +273,27 @@ mod tests {
         );
         assert_eq!(s.gateway_timeout(), Duration::from_secs(10));
         assert_eq!(s.lease_ttl(), Duration::from_secs(10));
+        assert_eq!(s.rate_limit().per_second.get(), 200);
+        assert_eq!(s.rate_limit().burst.get(), 400);
+        assert_eq!(s.shutdown_grace(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_zero_rate_limit_is_refused() {
+        for flag in ["--rate-limit-per-second", "--rate-limit-burst"] {
+            assert!(Settings::try_parse_from(["coordinator", flag, "0"]).is_err());
+        }
+        let s = parse(&[
+            "--rate-limit-per-second",
+            "1",
+            "--rate-limit-burst",
+            "3",
+            "--shutdown-grace-ms",
+            "500",
+        ]);
+        assert_eq!(s.rate_limit().per_second.get(), 1);
+        assert_eq!(s.rate_limit().burst.get(), 3);
+        assert_eq!(s.shutdown_grace(), Duration::from_millis(500));
     }
 
     #[test]

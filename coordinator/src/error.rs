@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -72,8 +72,18 @@ pub enum Error {
     /// The detail is for the log only; callers are told nothing was charged.
     #[error("the payment store is unavailable ({0}); nothing was charged")]
     StoreUnavailable(String),
-    #[error("too many requests from this caller; slow down and retry later")]
-    RateLimited,
+    /// The caller's request budget (`RATE_LIMIT_*`, per API key) is spent for now.
+    #[error(
+        "too many requests from this caller; retry after {} ms",
+        retry_after.as_millis().max(1)
+    )]
+    RateLimited {
+        /// When the budget allows the next request (`google.rpc.RetryInfo`).
+        retry_after: Duration,
+    },
+    /// Shutdown has started on this replica (SIGTERM): no new attempt starts here.
+    #[error("this replica is shutting down; nothing was charged; retry on another replica")]
+    ShuttingDown,
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
     #[error("role {role} may not call {rpc}")]
@@ -163,7 +173,17 @@ impl From<Error> for Status {
                 (Code::Unavailable, "PAYMENTS_PAUSED")
             }
             Error::StoreUnavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
-            Error::RateLimited => (Code::ResourceExhausted, "RATE_LIMITED"),
+            Error::RateLimited { retry_after } => {
+                // At least 1 ms: a zero delay would read as "retry at once".
+                let retry_after = retry_after.max(Duration::from_millis(1));
+                metadata.insert(
+                    "retry_after_ms".to_owned(),
+                    retry_after.as_millis().to_string(),
+                );
+                details.set_retry_info(Some(retry_after));
+                (Code::ResourceExhausted, "RATE_LIMITED")
+            }
+            Error::ShuttingDown => (Code::Unavailable, "REPLICA_SHUTTING_DOWN"),
             Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Error::Forbidden { role, rpc } => {
                 metadata.insert("role".to_owned(), role.to_string());
@@ -364,7 +384,18 @@ mod tests {
     #[test]
     fn the_rest() {
         for (error, code, reason) in [
-            (Error::RateLimited, Code::ResourceExhausted, "RATE_LIMITED"),
+            (
+                Error::RateLimited {
+                    retry_after: Duration::from_millis(250),
+                },
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+            ),
+            (
+                Error::ShuttingDown,
+                Code::Unavailable,
+                "REPLICA_SHUTTING_DOWN",
+            ),
             (
                 Error::Unauthenticated("unknown API key"),
                 Code::Unauthenticated,
@@ -404,6 +435,42 @@ mod tests {
         assert_eq!(info.metadata["rpc"], "PausePayments");
         let status = Status::from(Error::Internal("secret detail".into()));
         assert!(!status.message().contains("secret detail"));
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_retry() {
+        let (status, info) = decode(Error::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(info.reason, "RATE_LIMITED");
+        assert_eq!(info.metadata["retry_after_ms"], "1500");
+        let retry = status
+            .get_error_details()
+            .retry_info()
+            .cloned()
+            .expect("a RetryInfo detail");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));
+        assert!(status.message().contains("1500 ms"), "{}", status.message());
+
+        // Never "retry at once".
+        let (status, info) = decode(Error::RateLimited {
+            retry_after: Duration::ZERO,
+        });
+        assert_eq!(info.metadata["retry_after_ms"], "1");
+        let retry = status.get_error_details().retry_info().cloned().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn shutting_down_says_nothing_was_charged() {
+        let (status, info) = decode(Error::ShuttingDown);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(info.reason, "REPLICA_SHUTTING_DOWN");
+        assert_eq!(
+            status.message(),
+            "this replica is shutting down; nothing was charged; retry on another replica"
+        );
     }
 
     #[test]

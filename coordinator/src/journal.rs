@@ -372,6 +372,15 @@ impl Journal {
         &self.inner.path
     }
 
+    /// At shutdown: how many outcomes stay journaled (drained at the next start), and whether
+    /// this was the last handle, so that the database is closed now (its file lock released).
+    /// Every commit was already durable when it returned; closing loses nothing.
+    pub fn close(self) -> Result<(u64, bool), JournalError> {
+        let pending = self.len()?;
+        let closed = Arc::into_inner(self.inner).is_some();
+        Ok((pending, closed))
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, i32)>> {
         // A poisoned set only means a panic elsewhere; single inserts/removes keep it consistent.
         self.inner

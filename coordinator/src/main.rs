@@ -16,31 +16,41 @@ async fn main() -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
-    app.run_until(shutdown).await
+    // A graceful shutdown returns Ok: the process exits 0.
+    let result = app.run_until(shutdown).await;
+    match &result {
+        Ok(()) => tracing::info!("exit"),
+        Err(error) => tracing::error!("exit after an error: {error:#}"),
+    }
+    result
 }
 
-/// Ctrl-C or SIGTERM (Kubernetes) starts a graceful shutdown.
+/// Ctrl-C (SIGINT) or SIGTERM (Kubernetes) starts a graceful shutdown (`Application::run_until`).
 async fn shutdown_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
+    let signal = {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,
                 Err(e) => {
                     tracing::warn!("cannot watch SIGTERM: {e}");
                     let _ = ctrl_c.await;
+                    tracing::info!(signal = "SIGINT", "shutdown: signal received");
                     shutdown.cancel();
                     return;
                 }
             };
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => "SIGINT",
+            _ = term.recv() => "SIGTERM",
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+    let signal = {
+        let _ = ctrl_c.await;
+        "ctrl-c"
+    };
+    tracing::info!(signal, "shutdown: signal received");
     shutdown.cancel();
 }

@@ -13,8 +13,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api::Coordinator,
-    attempt::{OutcomeBoard, Runner},
-    auth::{AuthLayer, KeyStore},
+    attempt::{Drain, OutcomeBoard, Runner},
+    auth::{AuthLayer, KeyStore, RateLimiters},
     config::Settings,
     feed::Feed,
     journal::{Drainer, Journal},
@@ -29,12 +29,19 @@ const POOL_SIZE: usize = 16;
 const HEALTH_PERIOD: Duration = Duration::from_secs(1);
 /// Longest pause between connection attempts while PostgreSQL is unreachable at start-up.
 const START_RETRY_MAX: Duration = Duration::from_secs(5);
+/// At shutdown, how long tasks get to hand their attempts over once the grace period is over;
+/// whatever still runs then is left as after a crash (taken over once its heartbeat is stale).
+const HAND_OVER_BOUND: Duration = Duration::from_secs(5);
 
 /// A bound, not yet serving coordinator; tests build it on port 0.
 pub struct Application {
     listener: TcpListener,
     replica: String,
     keys: Arc<KeyStore>,
+    /// Each API key's request budget (RATE_LIMIT_*, or the key's own in API_KEYS_FILE).
+    limits: Arc<RateLimiters>,
+    /// SHUTDOWN_GRACE_MS.
+    grace: Duration,
     runner: Runner,
     feed: Feed,
     /// Owns the feed's tasks and every attempt task, so shutdown waits for them.
@@ -122,10 +129,13 @@ impl Application {
             recovery: settings.recovery(),
             journal,
             stopping: CancellationToken::new(),
+            drain: Drain::default(),
         };
         Ok(Self {
             listener,
             replica,
+            limits: Arc::new(RateLimiters::new(&keys, settings.rate_limit())),
+            grace: settings.shutdown_grace(),
             keys: Arc::new(keys),
             runner,
             feed,
@@ -144,16 +154,24 @@ impl Application {
         self.runner.journal.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting calls and waits for every
-    /// attempt already committed to reach the end of its gateway flow.
+    /// Serves until `shutdown` is cancelled (SIGTERM), then shuts down gracefully, in order:
+    ///
+    /// 1. health turns NOT_SERVING, so load balancers stop sending calls here;
+    /// 2. `ProcessPayment` starts no new attempt (`REPLICA_SHUTTING_DOWN`; a caller may still
+    ///    join its own), the recovery worker and the journal's drainer take no new work, watch
+    ///    streams end (the feed stops), and no new connection or call is accepted;
+    /// 3. attempts in flight get SHUTDOWN_GRACE_MS to reach an outcome; the ones still running
+    ///    then hand their attempts to the other replicas' recovery workers (`attempt::Drain`);
+    /// 4. the journal is closed (what it still holds is drained at the next start).
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = self.tracker;
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter);
         let store = self.runner.store.clone();
         // Registered before the port serves, so a probe never sees "service not registered".
-        set_health(&health, store.ping().await).await;
+        health.set(store.ping().await).await;
         let health_stop = shutdown.child_token();
-        tracker.spawn(watch_health(store, health, health_stop.clone()));
+        tracker.spawn(watch_health(store, health.clone(), health_stop.clone()));
         tracker.spawn(watch_feed_lag(self.feed.clone(), health_stop.clone()));
         // The journal's drainer, then the recovery worker. Outcomes this replica journaled
         // (PostgreSQL was down, possibly before a restart) are written first, as soon as
@@ -184,48 +202,220 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let stopping = self.runner.stopping.clone();
+        let drain = self.runner.drain.clone();
+        let journal = self.runner.journal.clone();
         let coordinator = Coordinator::new(self.runner, self.feed, tracker.clone());
-        // Watch streams never end on their own: stopping the feed ends them, so the server's
-        // graceful shutdown does not wait for watchers forever.
         let feed_stop = self.feed_stop;
-        let stop_signal = async move {
-            shutdown.cancelled().await;
-            feed_stop.cancel();
-            // Attempts holding a journaled outcome (PostgreSQL unreachable) let go of it: it
-            // stays in the journal for the next start.
-            stopping.cancel();
-        };
+        // Shutdown first closes the listening socket (`stop_accepting`), and only after the
+        // drain tells open connections to go away (`stop_serving`, tonic's graceful shutdown).
+        let stop_accepting = CancellationToken::new();
+        let stop_serving = CancellationToken::new();
 
         tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, "coordinator listening");
-        let served = tonic::transport::Server::builder()
-            .layer(AuthLayer::new(self.keys))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(PaymentCoordinatorServer::new(coordinator))
-            .serve_with_incoming_shutdown(
-                tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-                    // tonic's tcp_nodelay does not apply to an incoming stream: without it small
-                    // answers and stream frames wait for Nagle's algorithm (up to ~40 ms).
-                    |accepted| {
-                        accepted.and_then(|socket| {
-                            socket.set_nodelay(true)?;
-                            Ok(socket)
-                        })
-                    },
+        let mut server = Box::pin(
+            tonic::transport::Server::builder()
+                .layer(AuthLayer::new(self.keys).with_rate_limits(self.limits))
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(PaymentCoordinatorServer::new(coordinator))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::StreamExt::map(
+                        Incoming {
+                            listener: Some(tokio_stream::wrappers::TcpListenerStream::new(
+                                self.listener,
+                            )),
+                            stop: Box::pin(stop_accepting.clone().cancelled_owned()),
+                        },
+                        // tonic's tcp_nodelay does not apply to an incoming stream: without it small
+                        // answers and stream frames wait for Nagle's algorithm (up to ~40 ms).
+                        |accepted| {
+                            accepted.and_then(|socket| {
+                                socket.set_nodelay(true)?;
+                                Ok(socket)
+                            })
+                        },
+                    ),
+                    stop_serving.clone().cancelled_owned(),
                 ),
-                stop_signal,
-            )
-            .await;
-        health_stop.cancel();
-        tracker.close();
-        tracing::info!(
-            in_flight = tracker.len(),
-            "waiting for attempts in flight to finish"
         );
-        tracker.wait().await;
+        // `Some`: the server stopped on its own (an error); the shutdown below runs all the same.
+        let mut ended = tokio::select! {
+            served = &mut server => Some(served),
+            () = shutdown.cancelled() => None,
+        };
+
+        // 1. Before anything else, so that load balancers stop sending calls here. The flag
+        // that refuses new payments flips first (no I/O): whoever sees NOT_SERVING can no longer
+        // start a payment here. It also makes attempts holding a journaled outcome (PostgreSQL
+        // unreachable) let go of it (it stays in the journal for the next start).
+        stopping.cancel();
+        health.drain().await;
+        tracing::info!("shutdown: health NOT_SERVING");
+        // The recovery worker and the journal's drainer take no new work; health stops polling.
+        health_stop.cancel();
+        // New connections are refused; open ones go on being served during the drain: reads,
+        // joins and watches work, a new payment is refused with REPLICA_SHUTTING_DOWN.
+        stop_accepting.cancel();
+        tracker.close();
+
+        // 2. Attempts in flight get the grace period to reach an outcome (watchers see it).
+        let grace_ends = tokio::time::Instant::now() + self.grace;
+        tracing::info!(
+            attempts = drain.running(),
+            grace_ms = self.grace.as_millis() as u64,
+            "draining {} attempts (grace {}s)",
+            drain.running(),
+            self.grace.as_secs_f64()
+        );
+        let drained = {
+            let idle = tokio::time::timeout_at(grace_ends, drain.idle());
+            tokio::pin!(idle);
+            loop {
+                tokio::select! {
+                    idle = &mut idle => break idle.is_ok(),
+                    // Polled meanwhile, so that its accept loop sees `stop_accepting` and closes
+                    // the listening socket (open connections are served by their own tasks).
+                    served = &mut server, if ended.is_none() => ended = Some(served),
+                }
+            }
+        };
+
+        // 3. The calls end. Watch streams never end on their own: stopping the feed ends them
+        // (cleanly, status OK; consumers resume from their cursor elsewhere). Open connections
+        // are told to go away once their calls are answered, and health watchers (they saw
+        // NOT_SERVING) end, so that those connections can close.
+        feed_stop.cancel();
+        stop_serving.cancel();
+        health.end_watches().await;
+        let served = match ended {
+            Some(served) => Some(served),
+            None if drained => tokio::time::timeout_at(grace_ends, &mut server).await.ok(),
+            None => None,
+        };
+        let in_time = served.is_some()
+            && tokio::time::timeout_at(grace_ends, tracker.wait())
+                .await
+                .is_ok();
+        if !in_time {
+            // Those still running stop where they are and hand their attempts over.
+            tracing::info!(
+                attempts = drain.running(),
+                "shutdown: grace period over; handing attempts in flight to the recovery workers"
+            );
+            drain.give_up();
+        }
+        let hand_over_ends = tokio::time::Instant::now() + HAND_OVER_BOUND;
+        let served = match served {
+            Some(served) => served,
+            None => match tokio::time::timeout_at(hand_over_ends, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!("calls still open after the hand-over; closing them");
+                    Ok(())
+                }
+            },
+        };
+        drop(server);
+        if tokio::time::timeout_at(hand_over_ends, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = tracker.len(),
+                "tasks still running after the hand-over; exiting anyway (their attempts are \
+                 taken over once their heartbeats are stale, as after a crash)"
+            );
+        }
+        tracing::info!(
+            handed_over = drain.handed_over(),
+            "left {} attempts to recovery",
+            drain.handed_over()
+        );
+
+        // 4. redb commits are durable when they return; closing releases the file.
+        match journal.close() {
+            Ok((pending, true)) => {
+                tracing::info!(pending, "journal closed ({pending} pending)");
+            }
+            Ok((pending, false)) => {
+                tracing::warn!(
+                    pending,
+                    "journal closed ({pending} pending); a task still holds it until exit"
+                );
+            }
+            Err(error) => tracing::error!(%error, "could not read the journal at shutdown"),
+        }
         served?;
         Ok(())
+    }
+}
+
+/// Accepted connections until `stop`; then the listening socket is closed (new connections are
+/// refused at once) while the stream stays open, so that tonic goes on serving the connections
+/// it has until its own shutdown signal (an ended stream would make it close them at once).
+struct Incoming {
+    listener: Option<tokio_stream::wrappers::TcpListenerStream>,
+    stop: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = std::io::Result<tokio::net::TcpStream>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.listener.is_some() && self.stop.as_mut().poll(cx).is_ready() {
+            self.listener = None;
+            tracing::info!("shutdown: no longer accepting connections");
+        }
+        match self.listener.as_mut() {
+            Some(listener) => std::pin::Pin::new(listener).poll_next(cx),
+            // Woken no more: the server's shutdown signal ends its accept loop.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// `grpc.health.v1` for this replica: follows PostgreSQL until shutdown starts, then stays
+/// NOT_SERVING (the mutex orders a health check in progress before the shutdown's answer).
+#[derive(Clone)]
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    draining: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Health {
+    fn new(reporter: tonic_health::server::HealthReporter) -> Self {
+        Self {
+            reporter,
+            draining: Arc::new(tokio::sync::Mutex::new(false)),
+        }
+    }
+
+    /// Serving iff PostgreSQL answers, until shutdown starts.
+    async fn set(&self, up: bool) {
+        let draining = self.draining.lock().await;
+        set_health(&self.reporter, up && !*draining).await;
+    }
+
+    /// Shutdown: NOT_SERVING from now on.
+    async fn drain(&self) {
+        let mut draining = self.draining.lock().await;
+        *draining = true;
+        set_health(&self.reporter, false).await;
+    }
+
+    /// Ends every `Health/Watch` stream (after they saw NOT_SERVING): they would otherwise hold
+    /// the server's graceful shutdown open forever.
+    async fn end_watches(&self) {
+        let mut reporter = self.reporter.clone();
+        reporter.clear_service_status("").await;
+        reporter
+            .clear_service_status(
+                <PaymentCoordinatorServer<Coordinator> as tonic::server::NamedService>::NAME,
+            )
+            .await;
     }
 }
 
@@ -251,11 +441,7 @@ async fn connect_store(database_url: &str, journal: &Journal) -> Result<Store, S
 
 /// `grpc.health.v1`: NOT_SERVING while PostgreSQL is unreachable (no attempt can be recorded,
 /// so no payment can start).
-async fn watch_health(
-    store: Store,
-    health: tonic_health::server::HealthReporter,
-    stop: CancellationToken,
-) {
+async fn watch_health(store: Store, health: Health, stop: CancellationToken) {
     let mut serving = None;
     loop {
         tokio::select! {
@@ -267,7 +453,7 @@ async fn watch_health(
             if !up {
                 tracing::warn!("PostgreSQL unreachable: health NOT_SERVING");
             }
-            set_health(&health, up).await;
+            health.set(up).await;
             serving = Some(up);
         }
     }

@@ -1,14 +1,16 @@
 //! The real coordinator binary (`target/debug/coordinator`) as a child process, for faults only
-//! a process can suffer: `kill -9` (`Child::kill` sends SIGKILL on Unix), SIGSTOP and SIGCONT.
+//! a process can suffer: `kill -9` (`Child::kill` sends SIGKILL on Unix), SIGSTOP and SIGCONT,
+//! and SIGTERM (a graceful shutdown) with its exit status.
 //! `scripts/test.sh` builds the binary before the tests.
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
+use crate::checks::wait_for;
 use crate::coordinator::{Client, TestEnv, client, key_for};
 
 /// How long the process may take to listen before the test fails (a guard, not an assertion).
@@ -119,6 +121,21 @@ impl CoordinatorProcess {
     /// `kill -CONT`.
     pub fn resume(&self) {
         self.signal("-CONT");
+    }
+
+    /// `kill -TERM`: what Kubernetes sends to stop a pod; starts a graceful shutdown.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits until the process has exited (checking its state, see `checks::wait_for`) and
+    /// returns its exit status.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let child = &mut self.child;
+        wait_for("the coordinator process exits", async || {
+            child.try_wait().expect("child status")
+        })
+        .await
     }
 
     fn signal(&self, signal: &str) {

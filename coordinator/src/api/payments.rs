@@ -62,6 +62,12 @@ impl Coordinator {
                 .await;
         }
 
+        // A replica shutting down starts no new attempt (its grace period is for the attempts
+        // already in flight); the caller's own attempt could still be joined above.
+        if self.runner.stopping.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+
         // 2.–4. Lease, attempt commit and gateway flow run in a task the server owns, so a
         //    caller whose deadline passes or who disconnects can never leave a committed attempt
         //    without anyone to drive it (§1.7): the handler only waits for the task's answer.

@@ -1,0 +1,430 @@
+//! Graceful shutdown (issue 6) of the REAL coordinator binary: SIGTERM, as Kubernetes sends it.
+//!
+//! - Payments in flight finish inside the grace period; health turns NOT_SERVING at once; a new
+//!   payment is refused; a caller waiting for its outcome is answered; the process exits 0; the
+//!   simulator's ledger and the database agree exactly.
+//! - An attempt that cannot finish inside the grace period is handed over, not abandoned: its
+//!   history says so, its lease is released, and another replica's recovery worker finishes it
+//!   (charged once).
+//! - Watch streams open at SIGTERM end cleanly (end of stream, status OK), never hang.
+//!
+//! Every wait is for a state (`checks::wait_for`); no assertion is about time.
+
+use integration_tests::checks::{GUARD, charges, charges_by_order, reason, steps, wait_for};
+use integration_tests::coordinator::{Client, OPERATOR, SERVICE, TestEnv};
+use integration_tests::process::CoordinatorProcess;
+use payments_proto::v1 as pb;
+use serde_json::json;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
+};
+
+const VISA: &str = "pm_card_visa";
+const DECLINED: &str = "pm_card_chargeDeclined";
+
+fn pay(order_id: &str, key: &str, method: &str, wait: bool) -> pb::ProcessPaymentRequest {
+    pb::ProcessPaymentRequest {
+        order_id: order_id.to_owned(),
+        amount: Some(pb::Money {
+            amount_minor: 2500,
+            currency: "EUR".to_owned(),
+        }),
+        customer_id: "cust-sd".to_owned(),
+        payment_method: method.to_owned(),
+        items: vec![pb::LineItem {
+            product_id: "sku-sd".into(),
+            quantity: 1,
+            unit_amount_minor: 2500,
+        }],
+        idempotency_key: key.to_owned(),
+        wait_for_outcome: wait,
+    }
+}
+
+async fn get_order(client: &mut Client, order_id: &str) -> Result<pb::Order, tonic::Status> {
+    client
+        .get_order(pb::GetOrderRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Waits until `op` ("create" or "confirm") has reached the simulator `n` times: the calls are
+/// then in the middle of their (slowed) processing.
+async fn gateway_reached(env: &TestEnv, op: &str, n: u64) {
+    wait_for(&format!("{n} {op} calls reach the simulator"), async || {
+        let calls = env.sim_control.ledger().await.expect("ledger").calls;
+        let seen = match op {
+            "create" => calls.create,
+            "confirm" => calls.confirm,
+            other => panic!("unexpected operation {other}"),
+        };
+        (seen >= n).then_some(())
+    })
+    .await
+}
+
+/// A `grpc.health.v1.Health/Watch` stream of the overall health ("") of the replica at `url`.
+async fn watch_health(url: &str) -> tonic::Streaming<HealthCheckResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner()
+}
+
+/// The next status a health watch reports; `None` once the stream has ended.
+async fn next_health(stream: &mut tonic::Streaming<HealthCheckResponse>) -> Option<ServingStatus> {
+    match tokio::time::timeout(GUARD, stream.message()).await {
+        Ok(Ok(Some(reply))) => Some(reply.status()),
+        Ok(Ok(None)) => None,
+        Ok(Err(status)) => panic!("the health watch failed: {status:?}"),
+        Err(_) => panic!("the health watch said nothing"),
+    }
+}
+
+/// Reads a stream to its end; fails if it ends with an error status (a reset, a failure) or
+/// never ends.
+async fn assert_ends_cleanly<T>(what: &str, stream: &mut tonic::Streaming<T>) {
+    let drained = tokio::time::timeout(GUARD, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(Ok(())) => {}
+        Ok(Err(status)) => panic!("{what} ended with an error instead of cleanly: {status:?}"),
+        Err(_) => panic!("{what} never ended"),
+    }
+}
+
+/// Whether a failed call was answered by the replica (with an ErrorInfo), rather than refused by
+/// the transport (connection closed or refused).
+fn by_the_replica(status: &tonic::Status) -> bool {
+    !reason(status).is_empty()
+}
+
+/// Rows of `table` for `order_id`.
+async fn rows(env: &TestEnv, table: &str, order_id: &str) -> i64 {
+    env.sql()
+        .await
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE order_id = $1"),
+            &[&order_id],
+        )
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// SIGTERM while payments are in flight at a slowed gateway: they all finish, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_payments_in_flight_finish_and_loses_nothing() {
+    let env = TestEnv::new().await;
+    // Default SHUTDOWN_GRACE_MS (20 s): far more than the gateway's slowness below.
+    let mut r1 = CoordinatorProcess::spawn(&env, "r1", &[]).await;
+    let mut c1 = r1.client(OPERATOR).await;
+    let mut health = watch_health(&r1.url).await;
+    assert_eq!(next_health(&mut health).await, Some(ServingStatus::Serving));
+
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 3000, "operations": ["create"] }))
+        .await
+        .expect("slow the gateway");
+    let mut orders = Vec::new();
+    for (i, method) in [VISA, VISA, VISA, DECLINED, VISA].into_iter().enumerate() {
+        let order_id = format!("sd-{i}");
+        let started = c1
+            .process_payment(pay(&order_id, &format!("k-{i}"), method, false))
+            .await
+            .expect("the attempt is committed")
+            .into_inner();
+        assert_eq!(
+            started.order.expect("order").state(),
+            pb::OrderState::AwaitingConfirmation
+        );
+        orders.push(order_id);
+    }
+    // One caller waits for its outcome across the SIGTERM: it must be answered, not reset.
+    let mut waiter = r1.client(OPERATOR).await;
+    let waiting = tokio::spawn(async move {
+        waiter
+            .process_payment(pay("sd-waiting", "k-waiting", VISA, true))
+            .await
+    });
+    orders.push("sd-waiting".to_owned());
+    gateway_reached(&env, "create", orders.len() as u64).await;
+
+    r1.terminate();
+
+    // The drain has begun: health says NOT_SERVING (then the watch ends).
+    assert_eq!(
+        next_health(&mut health).await,
+        Some(ServingStatus::NotServing)
+    );
+    // While the attempts drain, the open connection is still served: a new payment is refused
+    // by the replica (UNAVAILABLE / REPLICA_SHUTTING_DOWN), a read is answered. (Had the drain
+    // already ended, the transport would refuse both: tolerated, the checks below still hold.)
+    let refused = c1
+        .process_payment(pay("sd-late", "k-late", VISA, false))
+        .await
+        .expect_err("a replica shutting down starts no new payment");
+    if by_the_replica(&refused) {
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::Unavailable, "REPLICA_SHUTTING_DOWN"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.message(),
+            "this replica is shutting down; nothing was charged; retry on another replica"
+        );
+        let read = get_order(&mut c1, "sd-0").await;
+        assert!(
+            read.is_ok() || !by_the_replica(read.as_ref().unwrap_err()),
+            "reads are served while draining: {read:?}"
+        );
+    } else {
+        eprintln!("the drain had ended before the late payment: {refused:?}");
+    }
+    // New connections are refused (the listening socket is closed at once).
+    wait_for("new connections are refused", async || {
+        tokio::net::TcpStream::connect(r1.addr).await.err()
+    })
+    .await;
+
+    let exit = r1.wait_exit().await;
+    let log = r1.log_text();
+    assert!(exit.success(), "exit status {exit}:\n{log}");
+
+    // The caller that waited got its outcome before the replica went away.
+    let answered = waiting
+        .await
+        .expect("waiter task")
+        .expect("the waiting caller is answered")
+        .into_inner();
+    assert_eq!(
+        answered.order.expect("order").state(),
+        pb::OrderState::Paid,
+        "{log}"
+    );
+
+    // Every attempt reached its outcome on r1; ledger and database agree exactly.
+    let r2 = env.replica("r2", &[]).await;
+    let mut c2 = r2.client(OPERATOR).await;
+    let charged = charges_by_order(&env).await;
+    for order_id in &orders {
+        let o = get_order(&mut c2, order_id).await.expect("order");
+        let attempt = &o.attempts[0];
+        assert_ne!(
+            attempt.outcome(),
+            pb::AttemptOutcome::InFlight,
+            "{order_id}: {:?}",
+            steps(attempt)
+        );
+        let expected = if order_id == "sd-3" {
+            pb::OrderState::Pending
+        } else {
+            pb::OrderState::Paid
+        };
+        assert_eq!(o.state(), expected, "{order_id}: {:?}", steps(attempt));
+        let times = charged.get(order_id).copied().unwrap_or(0);
+        assert_eq!(
+            times,
+            u32::from(expected == pb::OrderState::Paid),
+            "{order_id}: one charge per PAID order, none otherwise"
+        );
+        assert!(
+            !steps(attempt).iter().any(|s| s.starts_with("shutdown")),
+            "{order_id} finished inside the grace period: {:?}",
+            steps(attempt)
+        );
+    }
+    // The refused payment left nothing behind.
+    assert_eq!(
+        get_order(&mut c2, "sd-late")
+            .await
+            .expect_err("never recorded")
+            .code(),
+        Code::NotFound
+    );
+    for table in ["orders", "attempts", "events"] {
+        assert_eq!(rows(&env, table, "sd-late").await, 0, "{table}");
+    }
+    assert_eq!(charges(&env, "sd-late").await, 0);
+    assert_eq!(
+        charged.values().sum::<u32>() as usize,
+        orders.len() - 1,
+        "no charge outside these orders: {charged:?}"
+    );
+
+    // The phases, in the log.
+    for phase in [
+        "shutdown: signal received",
+        "shutdown: health NOT_SERVING",
+        "shutdown: no longer accepting connections",
+        "draining",
+        "left 0 attempts to recovery",
+        "journal closed (0 pending)",
+        "exit",
+    ] {
+        assert!(log.contains(phase), "{phase:?} not logged:\n{log}");
+    }
+
+    r2.stop().await;
+    env.cleanup().await;
+}
+
+/// r1 (the real binary, SHUTDOWN_GRACE_MS 500) gets SIGTERM while its `op` call is slowed at the
+/// gateway well past the grace period: it exits 0 at once, handing the attempt over; r2's
+/// recovery worker takes it over and finishes it, charged exactly once.
+async fn an_attempt_past_the_grace_is_handed_over(flow: &str, op: &str) {
+    let what = format!("{flow}, SIGTERM during a slow {op}");
+    let env = TestEnv::new().await;
+    let order_id = format!("sd-grace-{flow}");
+    let flags = [
+        "--gateway-flow",
+        flow,
+        "--lease-ttl-ms",
+        "1000",
+        "--recovery-sweep-ms",
+        "200",
+        "--gateway-timeout-ms",
+        "30000",
+    ];
+    let mut r1_flags = flags.to_vec();
+    r1_flags.extend_from_slice(&["--shutdown-grace-ms", "500"]);
+    let mut r1 = CoordinatorProcess::spawn(&env, "r1", &r1_flags).await;
+    let r2 = env.replica("r2", &flags).await;
+    let mut c1 = r1.client(OPERATOR).await;
+    let mut c2 = r2.client(OPERATOR).await;
+
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 5000, "operations": [op] }))
+        .await
+        .expect("slow the gateway");
+    c1.process_payment(pay(&order_id, "k1", VISA, false))
+        .await
+        .expect("the attempt is committed");
+    gateway_reached(&env, op, 1).await;
+
+    r1.terminate();
+    let exit = r1.wait_exit().await;
+    let log = r1.log_text();
+    assert!(exit.success(), "{what}: exit status {exit}:\n{log}");
+    assert!(
+        log.contains("left 1 attempts to recovery"),
+        "{what}: the attempt was handed over:\n{log}"
+    );
+    // Its Redis lease was released on the way out (not left to expire).
+    let redis = redis::Client::open(env.redis_url.as_str()).expect("redis url");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let lease_key = format!("{}lease:order:{order_id}", env.redis_prefix);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&lease_key)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!exists, "{what}: the lease {lease_key} is released");
+    // The recovery's own calls need not be slow.
+    env.sim_control.clear_faults().await.expect("clear faults");
+
+    let o = wait_for(&format!("{what}: r2 settles the order"), async || {
+        let o = get_order(&mut c2, &order_id).await.expect("order");
+        (o.state() != pb::OrderState::AwaitingConfirmation).then_some(o)
+    })
+    .await;
+    let history = steps(&o.attempts[0]);
+    assert_eq!(o.state(), pb::OrderState::Paid, "{what}: {history:?}");
+    assert_eq!(charges(&env, &order_id).await, 1, "{what}: charged once");
+    let handed = history
+        .iter()
+        .position(|s| {
+            s == "shutdown: replica r1 shut down before the outcome was known; left to the \
+                  recovery worker"
+        })
+        .unwrap_or_else(|| panic!("{what}: no hand-over in the history: {history:?}"));
+    let taken = history
+        .iter()
+        .position(|s| s.contains("taken over by the recovery worker of r2"))
+        .unwrap_or_else(|| panic!("{what}: r2 never took it over: {history:?}"));
+    assert!(handed < taken, "{what}: {history:?}");
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(ledger.totals.charges, 1, "{what}: {:?}", ledger.totals);
+
+    r2.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_past_the_grace_hands_a_one_shot_create_to_another_replica() {
+    // The recovery replays the create with the same key: charged exactly once.
+    an_attempt_past_the_grace_is_handed_over("one_shot", "create").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_past_the_grace_hands_a_two_phase_confirm_to_another_replica() {
+    // The intent id was persisted: the recovery looks it up and confirms it with the same key.
+    an_attempt_past_the_grace_is_handed_over("two_phase", "confirm").await;
+}
+
+/// Watch streams open at SIGTERM end with status OK (not a reset, not a hang), so consumers
+/// resume from their cursor on another replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_streams_open_at_sigterm_end_cleanly() {
+    let env = TestEnv::new().await;
+    let mut r1 = CoordinatorProcess::spawn(&env, "r1", &[]).await;
+    let mut op = r1.client(OPERATOR).await;
+    let mut service = r1.client(SERVICE).await;
+    op.process_payment(pay("sd-watched", "k1", VISA, true))
+        .await
+        .expect("paid");
+    let mut order = op
+        .watch_order(pb::WatchOrderRequest {
+            order_id: "sd-watched".into(),
+            after_sequence: 0,
+            until_terminal: false,
+        })
+        .await
+        .expect("watch order")
+        .into_inner();
+    let mut events = service
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .expect("watch events")
+        .into_inner();
+    // Both streams are live: the first event arrived.
+    for stream in [&mut order, &mut events] {
+        let first = tokio::time::timeout(GUARD, stream.message())
+            .await
+            .expect("an event")
+            .expect("stream ok")
+            .expect("an event");
+        assert_eq!(first.order_id, "sd-watched");
+    }
+
+    r1.terminate();
+    assert_ends_cleanly("WatchOrder", &mut order).await;
+    assert_ends_cleanly("WatchEvents", &mut events).await;
+    let exit = r1.wait_exit().await;
+    assert!(exit.success(), "exit status {exit}:\n{}", r1.log_text());
+    env.cleanup().await;
+}
