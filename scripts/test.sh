@@ -46,8 +46,9 @@ ensure_postgres
 ensure_redis
 
 say "cargo test"
-# tests/tests/crash.rs runs the real coordinator binary (kill -9, SIGSTOP): build it first.
-cargo build --quiet -p coordinator --bins
+# tests/tests/crash.rs runs the real coordinator binary (kill -9, SIGSTOP), tests/tests/payctl.rs
+# the real payctl binary: build them first (also when only some tests are asked for).
+cargo build --quiet -p coordinator -p payctl --bins
 cargo test --workspace "$@"
 
 say "all tests passed in $((SECONDS - start)) s"

@@ -3,6 +3,8 @@
 pub mod checks;
 pub mod coordinator;
 pub mod gateway_sim;
+pub mod payctl;
 pub mod pg;
 pub mod process;
 pub mod redis;
+pub mod review;
