@@ -90,6 +90,49 @@ pub enum Error {
     Forbidden { role: Role, rpc: Rpc },
     #[error("order {order_id} not found")]
     OrderNotFound { order_id: String },
+    #[error(
+        "order {order_id} is not in manual review (it is {state}{}); there is nothing to resolve",
+        resolved_by.as_deref().map(|by| format!(", resolved by {by}")).unwrap_or_default()
+    )]
+    NotInManualReview {
+        order_id: String,
+        state: crate::domain::OrderState,
+        resolved_by: Option<String>,
+    },
+    #[error("the gateway contradicts this resolution of order {order_id}: {detail}; nothing was recorded")]
+    ResolutionContradicted { order_id: String, detail: String },
+    /// The gateway could not be asked (a verification lookup); nothing was recorded.
+    #[error("the gateway could not be reached to verify this ({detail}); nothing was recorded, retry later")]
+    GatewayUnavailable { detail: String },
+    #[error("order {order_id} is {state}: only a paid order can be refunded")]
+    NotPaid {
+        order_id: String,
+        state: crate::domain::OrderState,
+    },
+    #[error(
+        "refund of order {order_id} refused: at most {remaining} {currency} (minor units) remain          refundable; a refund is never more than was paid"
+    )]
+    RefundExceedsPaid {
+        order_id: String,
+        remaining: i64,
+        currency: String,
+    },
+    #[error(
+        "refund {number} of order {order_id}, asked by {requested_by} at {}, is in flight;          wait for its outcome (GetOrder or WatchOrder) before asking for another",
+        rfc3339(*requested_at)
+    )]
+    RefundInProgress {
+        order_id: String,
+        number: i32,
+        requested_by: String,
+        requested_at: SystemTime,
+    },
+    #[error("refund {number} of order {order_id} failed: {message}")]
+    RefundFailed {
+        order_id: String,
+        number: i32,
+        message: String,
+    },
     /// The detail is for the log only (the caller logs it); callers get a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -193,6 +236,57 @@ impl From<Error> for Status {
             Error::OrderNotFound { order_id } => {
                 metadata.insert("order_id".to_owned(), order_id);
                 (Code::NotFound, "ORDER_NOT_FOUND")
+            }
+            Error::NotInManualReview {
+                order_id,
+                state,
+                resolved_by,
+            } => {
+                metadata.insert("order_id".to_owned(), order_id);
+                metadata.insert("state".to_owned(), state.to_string());
+                if let Some(by) = resolved_by {
+                    metadata.insert("resolved_by".to_owned(), by);
+                }
+                (Code::FailedPrecondition, "NOT_IN_MANUAL_REVIEW")
+            }
+            Error::ResolutionContradicted { order_id, .. } => {
+                metadata.insert("order_id".to_owned(), order_id);
+                (Code::FailedPrecondition, "RESOLUTION_CONTRADICTED")
+            }
+            Error::GatewayUnavailable { .. } => (Code::Unavailable, "GATEWAY_UNAVAILABLE"),
+            Error::NotPaid { order_id, state } => {
+                metadata.insert("order_id".to_owned(), order_id);
+                metadata.insert("state".to_owned(), state.to_string());
+                (Code::FailedPrecondition, "NOT_PAID")
+            }
+            Error::RefundExceedsPaid {
+                order_id,
+                remaining,
+                currency,
+            } => {
+                metadata.insert("order_id".to_owned(), order_id);
+                metadata.insert("remaining_minor".to_owned(), remaining.to_string());
+                metadata.insert("currency".to_owned(), currency);
+                (Code::FailedPrecondition, "REFUND_EXCEEDS_PAID")
+            }
+            Error::RefundInProgress {
+                order_id,
+                number,
+                requested_by,
+                requested_at,
+            } => {
+                metadata.insert("order_id".to_owned(), order_id);
+                metadata.insert("refund".to_owned(), number.to_string());
+                metadata.insert("requested_by".to_owned(), requested_by);
+                metadata.insert("requested_at".to_owned(), rfc3339(requested_at).to_string());
+                (Code::Aborted, "REFUND_IN_PROGRESS")
+            }
+            Error::RefundFailed {
+                order_id, number, ..
+            } => {
+                metadata.insert("order_id".to_owned(), order_id);
+                metadata.insert("refund".to_owned(), number.to_string());
+                (Code::FailedPrecondition, "REFUND_FAILED")
             }
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
         };

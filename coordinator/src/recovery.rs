@@ -490,6 +490,23 @@ impl RecoveryWorker {
                 }
                 Err(error) => tracing::warn!(%error, "recovery sweep failed; next sweep retries"),
             }
+            // Refunds whose holder is gone: the same sweep, their own table and token.
+            match self
+                .runner
+                .store
+                .claim_stranded_refunds(config.stale_after, config.batch, &self.runner.replica)
+                .await
+            {
+                Ok(claimed) => {
+                    for stranded in claimed {
+                        let runner = self.runner.clone();
+                        tracker.spawn(async move { runner.recover_refund(stranded).await });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "refund recovery sweep failed; next sweep retries")
+                }
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(config.sweep_every) => {}

@@ -4,13 +4,13 @@ use std::time::SystemTime;
 
 use payments_proto::v1 as pb;
 
-use crate::store::{AttemptRecord, LineItemRecord, OrderRecord};
+use crate::store::{AttemptRecord, ErrorEntry, LineItemRecord, OrderRecord, RefundRecord};
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
-fn money(amount_minor: i64, currency: &str) -> pb::Money {
+pub fn money(amount_minor: i64, currency: &str) -> pb::Money {
     pb::Money {
         amount_minor,
         currency: currency.to_owned(),
@@ -36,17 +36,48 @@ pub fn attempt(a: &AttemptRecord) -> pb::Attempt {
         failure_message: a.failure_message.clone().unwrap_or_default(),
         started_at: Some(timestamp(a.started_at)),
         finished_at: a.finished_at.map(timestamp),
-        errors: a
-            .errors
-            .iter()
-            .map(|e| pb::AttemptError {
-                occurred_at: Some(timestamp(e.at)),
-                step: e.step.clone(),
-                message: e.message.clone(),
-            })
-            .collect(),
+        errors: a.errors.iter().map(error).collect(),
         replica_id: a.replica_id.clone(),
-        ..Default::default()
+        resolution: a
+            .resolution
+            .as_ref()
+            .map_or(pb::Resolution::Unspecified, |d| d.resolution.into())
+            .into(),
+        resolved_by: a
+            .resolution
+            .as_ref()
+            .map(|d| d.by.clone())
+            .unwrap_or_default(),
+        resolved_at: a.resolution.as_ref().map(|d| timestamp(d.at)),
+        resolution_note: a
+            .resolution
+            .as_ref()
+            .map(|d| d.note.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn error(e: &ErrorEntry) -> pb::AttemptError {
+    pb::AttemptError {
+        occurred_at: Some(timestamp(e.at)),
+        step: e.step.clone(),
+        message: e.message.clone(),
+    }
+}
+
+pub fn refund(r: &RefundRecord) -> pb::Refund {
+    pb::Refund {
+        number: r.number,
+        amount: Some(money(r.amount_minor, &r.currency)),
+        reason: r.reason.clone(),
+        outcome: pb::RefundOutcome::from(r.outcome).into(),
+        requested_by: r.requested_by.clone(),
+        gateway_refund_id: r.gateway_refund_id.clone().unwrap_or_default(),
+        failure_message: r.failure_message.clone().unwrap_or_default(),
+        requested_at: Some(timestamp(r.requested_at)),
+        finished_at: r.finished_at.map(timestamp),
+        gateway_idempotency_key: r.gateway_refund_key.clone(),
+        errors: r.errors.iter().map(error).collect(),
     }
 }
 
@@ -62,6 +93,6 @@ pub fn order(o: &OrderRecord) -> pb::Order {
         items: o.items.iter().map(line_item).collect(),
         created_at: Some(timestamp(o.created_at)),
         updated_at: Some(timestamp(o.updated_at)),
-        ..Default::default()
+        refunds: o.refunds.iter().map(refund).collect(),
     }
 }

@@ -45,11 +45,6 @@ impl Coordinator {
     }
 }
 
-/// An RPC not implemented yet (temporary, while issue 6 lands).
-fn not_yet(rpc: &str) -> crate::error::Error {
-    crate::error::Error::Internal(format!("{rpc} is not implemented yet"))
-}
-
 #[tonic::async_trait]
 impl PaymentCoordinator for Coordinator {
     async fn process_payment(

@@ -13,7 +13,7 @@
 //!                                                 PAID ── full refund ──▶ REFUNDED
 //! ```
 
-use super::states::{AttemptOutcome, EventKind, OrderState};
+use super::states::{AttemptOutcome, EventKind, OrderState, Resolution};
 
 /// Why a new attempt may not start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,64 @@ pub fn may_finish(current: AttemptOutcome, next: AttemptOutcome) -> bool {
     current == AttemptOutcome::InFlight && next != AttemptOutcome::InFlight
 }
 
+/// Why a manual review may not be resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolveRefusal {
+    /// The order is not in manual review (never was, or already resolved): its current state.
+    NotInReview(OrderState),
+}
+
+/// The order's state once a review is resolved so; only an order in manual review may be.
+pub fn state_after_resolution(
+    current: OrderState,
+    resolution: Resolution,
+) -> Result<OrderState, ResolveRefusal> {
+    if current != OrderState::ManualReview {
+        return Err(ResolveRefusal::NotInReview(current));
+    }
+    Ok(match resolution {
+        Resolution::Charged => OrderState::Paid,
+        Resolution::NotCharged => OrderState::Pending,
+    })
+}
+
+/// Why a refund may not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundRefusal {
+    /// Only a paid order can be refunded (a REFUNDED one has nothing left).
+    NotPaid(OrderState),
+    /// More than what remains refundable: `remaining` minor units.
+    ExceedsPaid { remaining: i64 },
+}
+
+/// How much a refund takes: `requested` (None: all that remains) out of what remains of
+/// `paid - refunded`. Never more than was paid in total.
+pub fn refund_amount(
+    state: OrderState,
+    paid: i64,
+    refunded: i64,
+    requested: Option<i64>,
+) -> Result<i64, RefundRefusal> {
+    if state != OrderState::Paid {
+        return Err(RefundRefusal::NotPaid(state));
+    }
+    let remaining = paid.saturating_sub(refunded).max(0);
+    let amount = requested.unwrap_or(remaining);
+    if amount <= 0 || amount > remaining {
+        return Err(RefundRefusal::ExceedsPaid { remaining });
+    }
+    Ok(amount)
+}
+
+/// The order's state after a successful refund: REFUNDED once everything paid is refunded.
+pub fn state_after_refund(paid: i64, refunded_after: i64) -> OrderState {
+    if refunded_after >= paid {
+        OrderState::Refunded
+    } else {
+        OrderState::Paid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +158,47 @@ mod tests {
             event_for(AttemptOutcome::Unknown),
             EventKind::ManualReviewOpened
         );
+    }
+
+    #[test]
+    fn only_an_order_in_review_may_be_resolved() {
+        for state in OrderState::ALL {
+            let charged = state_after_resolution(*state, Resolution::Charged);
+            if *state == OrderState::ManualReview {
+                assert_eq!(charged, Ok(OrderState::Paid));
+                assert_eq!(
+                    state_after_resolution(*state, Resolution::NotCharged),
+                    Ok(OrderState::Pending)
+                );
+            } else {
+                assert_eq!(charged, Err(ResolveRefusal::NotInReview(*state)));
+            }
+        }
+    }
+
+    #[test]
+    fn refunds_never_exceed_what_was_paid() {
+        assert_eq!(refund_amount(OrderState::Paid, 1000, 0, None), Ok(1000));
+        assert_eq!(refund_amount(OrderState::Paid, 1000, 400, None), Ok(600));
+        assert_eq!(refund_amount(OrderState::Paid, 1000, 400, Some(600)), Ok(600));
+        assert_eq!(
+            refund_amount(OrderState::Paid, 1000, 400, Some(601)),
+            Err(RefundRefusal::ExceedsPaid { remaining: 600 })
+        );
+        assert_eq!(
+            refund_amount(OrderState::Paid, 1000, 0, Some(0)),
+            Err(RefundRefusal::ExceedsPaid { remaining: 1000 })
+        );
+        for state in OrderState::ALL {
+            if *state != OrderState::Paid {
+                assert_eq!(
+                    refund_amount(*state, 1000, 0, None),
+                    Err(RefundRefusal::NotPaid(*state))
+                );
+            }
+        }
+        assert_eq!(state_after_refund(1000, 600), OrderState::Paid);
+        assert_eq!(state_after_refund(1000, 1000), OrderState::Refunded);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl AsRef<str> for PaymentMethod {
 ///
 /// Any Unicode white space (a tab, a no-break space) and any dash (`-`, `‐`, `–`, `—`, `−`) counts
 /// as a separator: stricter than the contract's "spaces or dashes", never looser.
-fn looks_like_card_number(value: &str) -> bool {
+pub(crate) fn looks_like_card_number(value: &str) -> bool {
     let mut digits = Vec::with_capacity(19);
     for c in value.chars() {
         match c {

@@ -41,6 +41,24 @@ pub enum EventKind {
     Refunded,
 }
 
+/// An operator's decision on an attempt whose outcome was unknown (CONTRACT §2 `Resolution`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    /// The money was taken: the order becomes PAID.
+    Charged,
+    /// Nothing was taken: the order becomes PENDING again.
+    NotCharged,
+}
+
+/// How one refund ended, or that it has not yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefundOutcome {
+    InFlight,
+    Succeeded,
+    /// The gateway refused it: nothing was refunded.
+    Failed,
+}
+
 /// A stored value that is not one of the known names: the schema and the code disagree.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {value:?} in the database")]
@@ -102,6 +120,36 @@ stored_names!(EventKind, "event kind", {
     ManualReviewResolved => "MANUAL_REVIEW_RESOLVED",
     Refunded => "REFUNDED",
 });
+
+stored_names!(Resolution, "resolution", {
+    Charged => "CHARGED",
+    NotCharged => "NOT_CHARGED",
+});
+
+stored_names!(RefundOutcome, "refund outcome", {
+    InFlight => "IN_FLIGHT",
+    Succeeded => "SUCCEEDED",
+    Failed => "FAILED",
+});
+
+impl From<Resolution> for pb::Resolution {
+    fn from(value: Resolution) -> Self {
+        match value {
+            Resolution::Charged => pb::Resolution::Charged,
+            Resolution::NotCharged => pb::Resolution::NotCharged,
+        }
+    }
+}
+
+impl From<RefundOutcome> for pb::RefundOutcome {
+    fn from(value: RefundOutcome) -> Self {
+        match value {
+            RefundOutcome::InFlight => pb::RefundOutcome::InFlight,
+            RefundOutcome::Succeeded => pb::RefundOutcome::Succeeded,
+            RefundOutcome::Failed => pb::RefundOutcome::Failed,
+        }
+    }
+}
 
 impl From<OrderState> for pb::OrderState {
     fn from(value: OrderState) -> Self {
@@ -174,6 +222,16 @@ mod tests {
         for s in EventKind::ALL {
             let api = pb::EventKind::from(*s).as_str_name();
             assert_eq!(api, format!("EVENT_KIND_{}", s.as_str()));
+        }
+        for s in Resolution::ALL {
+            let api = pb::Resolution::from(*s).as_str_name();
+            assert_eq!(api, format!("RESOLUTION_{}", s.as_str()));
+            assert_eq!(Resolution::from_stored(s.as_str()), Ok(*s));
+        }
+        for s in RefundOutcome::ALL {
+            let api = pb::RefundOutcome::from(*s).as_str_name();
+            assert_eq!(api, format!("REFUND_OUTCOME_{}", s.as_str()));
+            assert_eq!(RefundOutcome::from_stored(s.as_str()), Ok(*s));
         }
     }
 }

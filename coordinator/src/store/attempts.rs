@@ -15,7 +15,7 @@ const REQUEST_KEY_CONSTRAINT: &str = "attempts_operator_request_key";
 /// Longest error message kept in an attempt's history, in characters.
 const MAX_ERROR_MESSAGE: usize = 2000;
 
-const INSERT_EVENT: &str = "INSERT INTO events \
+pub(super) const INSERT_EVENT: &str = "INSERT INTO events \
      (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, currency) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 

@@ -9,10 +9,13 @@
 //! expired Redis lease, partitioned replica) can never overwrite a newer holder's state.
 
 mod attempts;
+mod control;
 pub(crate) mod events;
 mod migrate;
 mod orders;
 mod records;
+mod refunds;
+mod reviews;
 
 use std::time::Duration;
 
@@ -20,12 +23,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use control::CONTROL_CHANNEL;
 pub use events::{Backlog, EventRecord};
 pub use migrate::MIGRATIONS;
 pub use records::{
     AttemptRecord, Begin, BeginRefusal, ErrorEntry, Fence, Fenced, Finish, LineItemRecord,
-    NewAttempt, OrderRecord, Stranded,
+    NewAttempt, OrderRecord, RefundRecord, ReviewDecision, Stranded,
 };
+pub use refunds::{BeginRefund, NewRefund, RefundFence, RefundFinish, StrandedRefund};
+pub use reviews::{Decision, Resolve, ReviewCursor, ReviewRecord};
 
 use crate::domain::UnknownStoredValue;
 

@@ -6,12 +6,16 @@ use serde::Deserialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json};
 
-use super::{AttemptRecord, ErrorEntry, LineItemRecord, OrderRecord, Store, StoreError};
-use crate::domain::{AttemptOutcome, OrderState};
+use super::{
+    AttemptRecord, ErrorEntry, LineItemRecord, OrderRecord, RefundRecord, ReviewDecision, Store,
+    StoreError,
+};
+use crate::domain::{AttemptOutcome, OrderState, RefundOutcome, Resolution};
 
 /// The order's columns, for `orders o`.
 pub(super) const ORDER_COLUMNS: &str = "o.order_id, o.amount_minor, o.currency, o.customer_id, \
-     o.items, o.state, o.fence, o.last_sequence, o.refunded_minor, o.created_at, o.updated_at";
+     o.items, o.state, o.fence, o.last_sequence, o.refunded_minor, o.refund_count, o.created_at, \
+     o.updated_at";
 
 /// The attempt's columns, for `attempts a` (`fence` renamed `attempt_fence`: a join with
 /// `ORDER_COLUMNS` would otherwise hold two columns of that name). `errors_view` turns each stored `at` (RFC 3339 text in
@@ -23,7 +27,17 @@ pub(super) const ATTEMPT_COLUMNS: &str = "a.number, a.fence AS attempt_fence, a.
           'at_us', (extract(epoch FROM (e.entry->>'at')::timestamptz) * 1000000)::bigint, \
           'step', e.entry->>'step', 'message', e.entry->>'message') ORDER BY e.ord), '[]'::jsonb) \
       FROM jsonb_array_elements(a.errors) WITH ORDINALITY AS e(entry, ord)) AS errors_view, \
-     a.started_at, a.finished_at";
+     a.started_at, a.finished_at, a.resolution, a.resolved_by, a.resolved_at, a.resolution_note";
+
+/// A refund's columns, for `refunds r` (errors as in `ATTEMPT_COLUMNS`).
+pub(super) const REFUND_COLUMNS: &str = "r.number, r.requested_by, r.request_key, r.fingerprint, \
+     r.amount_minor, r.currency, r.reason, r.gateway_payment_id, r.gateway_refund_key, \
+     r.gateway_refund_id, r.outcome, r.failure_message, \
+     (SELECT coalesce(jsonb_agg(jsonb_build_object( \
+          'at_us', (extract(epoch FROM (e.entry->>'at')::timestamptz) * 1000000)::bigint, \
+          'step', e.entry->>'step', 'message', e.entry->>'message') ORDER BY e.ord), '[]'::jsonb) \
+      FROM jsonb_array_elements(r.errors) WITH ORDINALITY AS e(entry, ord)) AS errors_view, \
+     r.token, r.resolution_tries, r.requested_at, r.finished_at";
 
 #[derive(Deserialize)]
 struct ErrorView {
@@ -79,6 +93,17 @@ impl Store {
                 order.attempts.push(attempt_from_row(row)?);
             }
         }
+        // Refunds are few and only on paid orders: a second, indexed read (by primary key).
+        if order.refund_count > 0 {
+            let statement = client
+                .prepare_cached(&format!(
+                    "SELECT {REFUND_COLUMNS} FROM refunds r WHERE r.order_id = $1 ORDER BY r.number"
+                ))
+                .await?;
+            for row in client.query(&statement, &[&order_id]).await? {
+                order.refunds.push(refund_from_row(&row)?);
+            }
+        }
         Ok(Some(order))
     }
 }
@@ -103,24 +128,28 @@ pub(super) fn order_from_row(row: &Row) -> Result<OrderRecord, StoreError> {
         fence: column(row, "fence")?,
         last_sequence: column(row, "last_sequence")?,
         refunded_minor: column(row, "refunded_minor")?,
+        refund_count: column(row, "refund_count")?,
         created_at: column(row, "created_at")?,
         updated_at: column(row, "updated_at")?,
         attempts: Vec::new(),
+        refunds: Vec::new(),
     })
 }
 
 /// The attempt of a row holding `ATTEMPT_COLUMNS`.
 pub(super) fn attempt_from_row(row: &Row) -> Result<AttemptRecord, StoreError> {
-    let Json(errors): Json<Vec<ErrorView>> = column(row, "errors_view")?;
-    let errors = errors
-        .into_iter()
-        .map(|e| ErrorEntry {
-            at: from_micros(e.at_us),
-            step: e.step,
-            message: e.message,
-        })
-        .collect();
+    let errors = errors_from_row(row)?;
+    let resolution = match column::<Option<&str>>(row, "resolution")? {
+        None => None,
+        Some(resolution) => Some(ReviewDecision {
+            resolution: Resolution::from_stored(resolution)?,
+            by: column::<Option<String>>(row, "resolved_by")?.unwrap_or_default(),
+            at: column::<Option<SystemTime>>(row, "resolved_at")?.unwrap_or(UNIX_EPOCH),
+            note: column::<Option<String>>(row, "resolution_note")?.unwrap_or_default(),
+        }),
+    };
     Ok(AttemptRecord {
+        resolution,
         number: column(row, "number")?,
         fence: column(row, "attempt_fence")?,
         operator_id: column(row, "operator_id")?,
@@ -137,6 +166,42 @@ pub(super) fn attempt_from_row(row: &Row) -> Result<AttemptRecord, StoreError> {
         failure_message: column(row, "failure_message")?,
         errors,
         started_at: column(row, "started_at")?,
+        finished_at: column(row, "finished_at")?,
+    })
+}
+
+/// The error history of a row holding an `errors_view` column.
+fn errors_from_row(row: &Row) -> Result<Vec<ErrorEntry>, StoreError> {
+    let Json(errors): Json<Vec<ErrorView>> = column(row, "errors_view")?;
+    Ok(errors
+        .into_iter()
+        .map(|e| ErrorEntry {
+            at: from_micros(e.at_us),
+            step: e.step,
+            message: e.message,
+        })
+        .collect())
+}
+
+/// The refund of a row holding `REFUND_COLUMNS`.
+pub(super) fn refund_from_row(row: &Row) -> Result<RefundRecord, StoreError> {
+    Ok(RefundRecord {
+        number: column(row, "number")?,
+        requested_by: column(row, "requested_by")?,
+        request_key: column(row, "request_key")?,
+        fingerprint: column(row, "fingerprint")?,
+        amount_minor: column(row, "amount_minor")?,
+        currency: column(row, "currency")?,
+        reason: column(row, "reason")?,
+        gateway_payment_id: column(row, "gateway_payment_id")?,
+        gateway_refund_key: column(row, "gateway_refund_key")?,
+        gateway_refund_id: column(row, "gateway_refund_id")?,
+        outcome: RefundOutcome::from_stored(column(row, "outcome")?)?,
+        failure_message: column(row, "failure_message")?,
+        errors: errors_from_row(row)?,
+        token: column(row, "token")?,
+        resolution_tries: column(row, "resolution_tries")?,
+        requested_at: column(row, "requested_at")?,
         finished_at: column(row, "finished_at")?,
     })
 }

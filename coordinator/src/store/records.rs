@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{AttemptOutcome, OrderState};
+use crate::domain::{AttemptOutcome, OrderState, RefundOutcome, Resolution};
 
 /// One line of an order, stored in `orders.items` (jsonb).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,9 +151,12 @@ pub struct OrderRecord {
     pub fence: i64,
     pub last_sequence: i64,
     pub refunded_minor: i64,
+    pub refund_count: i32,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub attempts: Vec<AttemptRecord>,
+    /// Every refund, oldest first.
+    pub refunds: Vec<RefundRecord>,
 }
 
 /// One attempt to charge an order.
@@ -177,6 +180,41 @@ pub struct AttemptRecord {
     pub failure_message: Option<String>,
     pub errors: Vec<ErrorEntry>,
     pub started_at: SystemTime,
+    pub finished_at: Option<SystemTime>,
+    /// For an UNKNOWN attempt an operator resolved: the decision, who, when and why.
+    pub resolution: Option<ReviewDecision>,
+}
+
+/// An operator's decision on a manual review item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewDecision {
+    pub resolution: Resolution,
+    pub by: String,
+    pub at: SystemTime,
+    pub note: String,
+}
+
+/// One refund of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRecord {
+    pub number: i32,
+    pub requested_by: String,
+    pub request_key: String,
+    pub fingerprint: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: String,
+    /// The charge refunded.
+    pub gateway_payment_id: String,
+    pub gateway_refund_key: String,
+    pub gateway_refund_id: Option<String>,
+    pub outcome: RefundOutcome,
+    pub failure_message: Option<String>,
+    pub errors: Vec<ErrorEntry>,
+    /// The fencing token of whoever drives it (bumped by a recovery takeover).
+    pub token: i64,
+    pub resolution_tries: i32,
+    pub requested_at: SystemTime,
     pub finished_at: Option<SystemTime>,
 }
 

@@ -1,0 +1,328 @@
+//! Refunds as "undo" events: partial and full, never more than was paid, idempotent by the
+//! caller's key (one gateway refund per key), an unknown outcome resolved by a same-key replay,
+//! each success a REFUNDED event on the feed. Real replicas over gRPC, real PostgreSQL and Redis,
+//! the simulator over HTTP; every money assertion against the simulator's ledger.
+
+use integration_tests::checks::{reason, wait_for};
+use integration_tests::coordinator::{Client, OPERATOR, REVIEWER, SERVICE, TestEnv};
+use payments_proto::v1 as pb;
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const PAID: i64 = 1234;
+
+fn pay(order_id: &str) -> pb::ProcessPaymentRequest {
+    pb::ProcessPaymentRequest {
+        order_id: order_id.to_owned(),
+        amount: Some(pb::Money {
+            amount_minor: PAID,
+            currency: "EUR".to_owned(),
+        }),
+        customer_id: "cust-refund".to_owned(),
+        payment_method: "pm_card_visa".to_owned(),
+        items: vec![],
+        idempotency_key: format!("pay-{order_id}"),
+        wait_for_outcome: true,
+    }
+}
+
+fn refund(order_id: &str, amount: Option<i64>, key: &str) -> pb::RefundPaymentRequest {
+    pb::RefundPaymentRequest {
+        order_id: order_id.to_owned(),
+        amount: amount.map(|amount_minor| pb::Money {
+            amount_minor,
+            currency: "EUR".to_owned(),
+        }),
+        reason: "customer returned the lamp".to_owned(),
+        idempotency_key: key.to_owned(),
+    }
+}
+
+async fn paid(client: &mut Client, order_id: &str) {
+    let order = client
+        .process_payment(pay(order_id))
+        .await
+        .expect("pay")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(order.state(), pb::OrderState::Paid);
+}
+
+/// (refunds, amount refunded) of an order, from the simulator's ledger.
+async fn ledger_refunds(env: &TestEnv, order_id: &str) -> (usize, u64) {
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    ledger
+        .intents
+        .iter()
+        .filter(|i| i.metadata.get("order_id").map(String::as_str) == Some(order_id))
+        .fold((0, 0), |(n, amount), i| {
+            (n + i.refunds.len(), amount + i.amount_refunded)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partial_then_full_refunds_are_undo_events_and_never_exceed_what_was_paid() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    paid(&mut operator, "ref-1").await;
+
+    // Operators may not refund; a service may not either.
+    for key in [OPERATOR, SERVICE] {
+        let mut client = replica.client(key).await;
+        let denied = client
+            .refund_payment(refund("ref-1", Some(100), "x"))
+            .await
+            .expect_err("role");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{key}");
+    }
+
+    // Partial.
+    let order = reviewer
+        .refund_payment(refund("ref-1", Some(400), "r-1"))
+        .await
+        .expect("partial refund")
+        .into_inner();
+    assert_eq!(order.state(), pb::OrderState::Paid);
+    assert_eq!(order.refunded.as_ref().map(|m| m.amount_minor), Some(400));
+    assert_eq!(order.refunds.len(), 1);
+    let first = &order.refunds[0];
+    assert_eq!(first.outcome(), pb::RefundOutcome::Succeeded);
+    assert_eq!(first.requested_by, REVIEWER);
+    assert_eq!(first.gateway_idempotency_key, "refund:ref-1:1");
+    assert!(first.gateway_refund_id.starts_with("re_"), "{first:?}");
+    assert_eq!(ledger_refunds(&env, "ref-1").await, (1, 400));
+
+    // The same key again: the same answer, no second gateway refund.
+    let replayed = reviewer
+        .refund_payment(refund("ref-1", Some(400), "r-1"))
+        .await
+        .expect("same key")
+        .into_inner();
+    assert_eq!(replayed.refunds, order.refunds);
+    assert_eq!(ledger_refunds(&env, "ref-1").await, (1, 400));
+    // The same key for another request is refused.
+    let reused = reviewer
+        .refund_payment(refund("ref-1", Some(401), "r-1"))
+        .await
+        .expect_err("key reused");
+    assert_eq!(reason(&reused), "IDEMPOTENCY_KEY_REUSED");
+
+    // More than what remains: refused, saying how much remains; nothing reaches the gateway.
+    let refunds_called = env.sim_control.ledger().await.expect("ledger").calls.refund;
+    let too_much = reviewer
+        .refund_payment(refund("ref-1", Some(PAID - 400 + 1), "r-2"))
+        .await
+        .expect_err("too much");
+    assert_eq!(
+        (too_much.code(), reason(&too_much).as_str()),
+        (Code::FailedPrecondition, "REFUND_EXCEEDS_PAID")
+    );
+    let info = too_much.get_details_error_info().expect("error info");
+    assert_eq!(
+        info.metadata.get("remaining_minor").map(String::as_str),
+        Some("834")
+    );
+    assert_eq!(
+        env.sim_control.ledger().await.expect("ledger").calls.refund,
+        refunds_called
+    );
+
+    // The rest (amount unset): REFUNDED.
+    let full = reviewer
+        .refund_payment(refund("ref-1", None, "r-3"))
+        .await
+        .expect("full refund")
+        .into_inner();
+    assert_eq!(full.state(), pb::OrderState::Refunded);
+    assert_eq!(full.refunded.as_ref().map(|m| m.amount_minor), Some(PAID));
+    assert_eq!(full.refunds.len(), 2);
+    assert_eq!(
+        full.refunds[1].amount.as_ref().map(|m| m.amount_minor),
+        Some(PAID - 400)
+    );
+    assert_eq!(ledger_refunds(&env, "ref-1").await, (2, PAID as u64));
+
+    // Nothing is left: refused, and a refunded order cannot be paid again.
+    let nothing_left = reviewer
+        .refund_payment(refund("ref-1", None, "r-4"))
+        .await
+        .expect_err("refunded");
+    assert_eq!(reason(&nothing_left), "NOT_PAID");
+    let repay = operator
+        .process_payment(pb::ProcessPaymentRequest {
+            idempotency_key: "pay-again".into(),
+            ..pay("ref-1")
+        })
+        .await
+        .expect_err("closed");
+    assert_eq!(reason(&repay), "ALREADY_PAID");
+
+    // An order not paid, and an unknown one.
+    let unpaid = operator
+        .process_payment(pb::ProcessPaymentRequest {
+            payment_method: "pm_card_chargeDeclined".into(),
+            ..pay("ref-declined")
+        })
+        .await
+        .expect("declined answer")
+        .into_inner();
+    assert_eq!(
+        unpaid.order.expect("order").state(),
+        pb::OrderState::Pending
+    );
+    let not_paid = reviewer
+        .refund_payment(refund("ref-declined", None, "r-5"))
+        .await
+        .expect_err("not paid");
+    assert_eq!(reason(&not_paid), "NOT_PAID");
+    let unknown = reviewer
+        .refund_payment(refund("ref-nobody", None, "r-6"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let invalid = reviewer
+        .refund_payment(pb::RefundPaymentRequest {
+            reason: String::new(),
+            ..refund("ref-1", Some(-5), "r-7")
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(reason(&invalid), "INVALID_REQUEST");
+
+    // Each refund is a REFUNDED event on the feed downstream services consume, with its amount.
+    let mut service = replica.client(SERVICE).await;
+    let mut feed = service
+        .watch_events(pb::WatchEventsRequest {
+            after_global_sequence: 0,
+        })
+        .await
+        .expect("feed")
+        .into_inner();
+    let mut undone = Vec::new();
+    while undone.len() < 2 {
+        let event = feed.next().await.expect("an event").expect("ok");
+        if event.kind() == pb::EventKind::Refunded {
+            assert_eq!(event.order_id, "ref-1");
+            assert_eq!(event.actor, REVIEWER);
+            undone.push((event.amount.as_ref().map(|m| m.amount_minor), event.state()));
+        }
+    }
+    assert_eq!(
+        undone,
+        [
+            (Some(400), pb::OrderState::Paid),
+            (Some(PAID - 400), pb::OrderState::Refunded)
+        ]
+    );
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_whose_answer_is_lost_is_replayed_with_its_key_and_refunds_once() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    paid(&mut operator, "ref-lost").await;
+    // The gateway refunds and the connection drops before the answer.
+    env.sim_control
+        .set_faults(json!({ "next": ["drop_after_charge"], "operations": ["refund"] }))
+        .await
+        .expect("faults");
+    let order = reviewer
+        .refund_payment(refund("ref-lost", None, "r-lost"))
+        .await
+        .expect("refund answered")
+        .into_inner();
+    let order = if order.state() == pb::OrderState::Refunded {
+        order
+    } else {
+        // Answered before the replay settled it: follow the order to its outcome.
+        wait_for("the refund settles", async || {
+            let o = reviewer
+                .get_order(pb::GetOrderRequest {
+                    order_id: "ref-lost".into(),
+                })
+                .await
+                .expect("get")
+                .into_inner();
+            (o.state() == pb::OrderState::Refunded).then_some(o)
+        })
+        .await
+    };
+    let refund = &order.refunds[0];
+    assert_eq!(refund.outcome(), pb::RefundOutcome::Succeeded);
+    let history: Vec<_> = refund.errors.iter().map(|e| e.step.as_str()).collect();
+    assert!(
+        history.contains(&"refund") && history.contains(&"replay"),
+        "{history:?}"
+    );
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(
+        ledger.calls.refund, 2,
+        "the first call and one same-key replay"
+    );
+    assert_eq!(ledger_refunds(&env, "ref-lost").await, (1, PAID as u64));
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranded_refund_is_taken_over_by_the_recovery_worker() {
+    let env = TestEnv::new().await;
+    let fast = ["--lease-ttl-ms", "600", "--recovery-sweep-ms", "100"];
+    let replica = env.replica("r0", &fast).await;
+    let mut operator = replica.client(OPERATOR).await;
+    paid(&mut operator, "ref-strand").await;
+    // A refund committed IN_FLIGHT by a holder that died before calling the gateway (what a
+    // kill -9 between the commit and the call leaves behind): written as begin_refund does.
+    let sql = env.sql().await;
+    let pi: String = sql
+        .query_one(
+            "SELECT gateway_payment_id FROM attempts WHERE order_id = 'ref-strand' AND outcome = 'SUCCEEDED'",
+            &[],
+        )
+        .await
+        .expect("charge")
+        .get(0);
+    sql.batch_execute(&format!(
+        "UPDATE orders SET refund_count = 1 WHERE order_id = 'ref-strand';
+         INSERT INTO refunds (order_id, number, requested_by, request_key, fingerprint, amount_minor,
+             currency, reason, gateway_payment_id, gateway_refund_key, outcome, replica_id, heartbeat_at)
+         VALUES ('ref-strand', 1, '{REVIEWER}', 'k', 'f', 500, 'EUR', 'died', '{pi}',
+             'refund:ref-strand:1', 'IN_FLIGHT', 'gone', now() - interval '1 hour');"
+    ))
+    .await
+    .expect("strand a refund");
+    let order = wait_for("the recovery worker settles the refund", async || {
+        let o = operator
+            .get_order(pb::GetOrderRequest {
+                order_id: "ref-strand".into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        (o.refunds.first().map(|r| r.outcome()) == Some(pb::RefundOutcome::Succeeded)).then_some(o)
+    })
+    .await;
+    assert_eq!(order.refunded.as_ref().map(|m| m.amount_minor), Some(500));
+    assert_eq!(order.state(), pb::OrderState::Paid);
+    let steps: Vec<_> = order.refunds[0]
+        .errors
+        .iter()
+        .map(|e| e.message.clone())
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.contains("recovery worker of r0")),
+        "{steps:?}"
+    );
+    assert_eq!(ledger_refunds(&env, "ref-strand").await, (1, 500));
+    replica.stop().await;
+    env.cleanup().await;
+}
