@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    domain::AttemptOutcome,
+    domain::{AttemptOutcome, breaker::CallHealth},
     journal::{Hold, Journal, Written, describe, write_outcome},
     lease::{Lease, Leases},
     recovery::{Case, Learnt},
@@ -38,6 +38,9 @@ pub struct AttemptJob {
     pub payment_method: String,
     pub operator_id: String,
     pub lease: Option<Lease>,
+    /// Admitted as a probe of the half-open circuit breaker: its charging calls decide whether
+    /// the breaker closes.
+    pub probe: bool,
 }
 
 /// Where one attempt's outcome is announced to callers waiting on this replica
@@ -104,6 +107,9 @@ pub struct Runner {
     pub stopping: tokio_util::sync::CancellationToken,
     /// The end of the shutdown's grace period (SHUTDOWN_GRACE_MS), for every attempt task.
     pub drain: Drain,
+    /// Whether new payments are accepted (admin pause, gateway circuit breaker); every charging
+    /// call of an attempt is recorded in its window.
+    pub gate: crate::control::PaymentsGate,
 }
 
 /// How a graceful shutdown bounds the attempt tasks of this replica.
@@ -258,6 +264,8 @@ impl Runner {
         // The idempotency window runs from the first charging call.
         let sent = std::time::SystemTime::now();
         let created = self.gateway.create_intent(&request, &create_key).await;
+        let last = flow == Flow::OneShot || !matches!(created.outcome, Outcome::Succeeded(_));
+        self.observe(job, "create", &created.outcome, last);
         match flow {
             Flow::OneShot => self.settle("create", job, created, None, sent).await,
             Flow::TwoPhase => {
@@ -291,8 +299,29 @@ impl Runner {
                 }
                 let confirm_key = IdempotencyKey::confirm(order_id, attempt);
                 let confirmed = self.gateway.confirm_intent(&intent.id, &confirm_key).await;
+                self.observe(job, "confirm", &confirmed.outcome, true);
                 self.settle("confirm", job, confirmed, Some(intent.id.clone()), sent)
                     .await
+            }
+        }
+    }
+
+    /// Counts a charging call towards the gateway circuit breaker (`control.rs`); a probe
+    /// reports its first failed call, or its `last` call when every call was healthy. Only the
+    /// attempt's own create and confirm count, not the resolution calls that follow an unknown
+    /// outcome (one incident would count many times). Never waits.
+    fn observe<T>(&self, job: &AttemptJob, step: &str, outcome: &Outcome<T>, last: bool) {
+        let health = crate::domain::breaker::classify(outcome);
+        self.gate.record(health);
+        if job.probe {
+            match health {
+                CallHealth::Failed => self
+                    .gate
+                    .probe_finished(false, format!("{step}: {}", outcome.kind())),
+                CallHealth::Healthy if last => self
+                    .gate
+                    .probe_finished(true, format!("{step}: {}", outcome.kind())),
+                CallHealth::Healthy => {}
             }
         }
     }

@@ -114,6 +114,34 @@ pub struct Settings {
           value_parser = clap::value_parser!(i64).range(1..))]
     pub recovery_batch: i64,
 
+    /// The gateway circuit breaker measures the share of failed or unknown charging calls over
+    /// this sliding window (each replica its own calls).
+    #[arg(long, env = "BREAKER_WINDOW_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub breaker_window_ms: u64,
+
+    /// Fewer calls than this in the window never open the breaker.
+    #[arg(long, env = "BREAKER_MIN_CALLS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_min_calls: u32,
+
+    /// The breaker opens when at least this share (percent) of the window's calls failed or
+    /// ended unknown.
+    #[arg(long, env = "BREAKER_FAILURE_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub breaker_failure_percent: u32,
+
+    /// How long the breaker stays open (new payments refused) before probe payments go through.
+    #[arg(long, env = "BREAKER_COOLDOWN_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub breaker_cooldown_ms: u64,
+
+    /// Probe payments let through per cool-down while the breaker is half-open, across all
+    /// replicas; the first healthy one closes it, a failed one opens it again.
+    #[arg(long, env = "BREAKER_PROBES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breaker_probes: u32,
+
     /// Where traces go (OTLP); unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -180,6 +208,17 @@ impl Settings {
             batch: self.recovery_batch,
         }
     }
+
+    /// The gateway circuit breaker's settings.
+    pub fn breaker(&self) -> crate::domain::breaker::BreakerPolicy {
+        crate::domain::breaker::BreakerPolicy {
+            window: Duration::from_millis(self.breaker_window_ms),
+            min_calls: self.breaker_min_calls,
+            failure_percent: self.breaker_failure_percent,
+            cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            probes: self.breaker_probes,
+        }
+    }
 }
 
 /// A secret setting: its value never appears in `Debug` output, logs or `--help`.
@@ -227,6 +266,11 @@ impl fmt::Debug for Settings {
             .field("recovery_actions_per_run", &self.recovery_actions_per_run)
             .field("recovery_max_runs", &self.recovery_max_runs)
             .field("recovery_batch", &self.recovery_batch)
+            .field("breaker_window_ms", &self.breaker_window_ms)
+            .field("breaker_min_calls", &self.breaker_min_calls)
+            .field("breaker_failure_percent", &self.breaker_failure_percent)
+            .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
+            .field("breaker_probes", &self.breaker_probes)
             .field(
                 "otel_exporter_otlp_endpoint",
                 &self.otel_exporter_otlp_endpoint,
@@ -294,6 +338,56 @@ mod tests {
         assert_eq!(s.rate_limit().per_second.get(), 1);
         assert_eq!(s.rate_limit().burst.get(), 3);
         assert_eq!(s.shutdown_grace(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn breaker_settings_have_defaults_and_ranges() {
+        assert_eq!(
+            parse(&[]).breaker(),
+            crate::domain::breaker::BreakerPolicy::default()
+        );
+        let s = parse(&[
+            "--breaker-window-ms",
+            "60000",
+            "--breaker-min-calls",
+            "4",
+            "--breaker-failure-percent",
+            "100",
+            "--breaker-cooldown-ms",
+            "1500",
+            "--breaker-probes",
+            "1",
+        ]);
+        let p = s.breaker();
+        assert_eq!(
+            (
+                p.window,
+                p.min_calls,
+                p.failure_percent,
+                p.cooldown,
+                p.probes
+            ),
+            (
+                Duration::from_secs(60),
+                4,
+                100,
+                Duration::from_millis(1500),
+                1
+            )
+        );
+        for (flag, bad) in [
+            ("--breaker-failure-percent", "0"),
+            ("--breaker-failure-percent", "101"),
+            ("--breaker-min-calls", "0"),
+            ("--breaker-probes", "0"),
+            ("--breaker-window-ms", "10"),
+            ("--breaker-cooldown-ms", "0"),
+        ] {
+            assert!(
+                Settings::try_parse_from(["coordinator", flag, bad]).is_err(),
+                "{flag} {bad}"
+            );
+        }
     }
 
     #[test]

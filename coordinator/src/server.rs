@@ -16,6 +16,7 @@ use crate::{
     attempt::{Drain, OutcomeBoard, Runner},
     auth::{AuthLayer, KeyStore, RateLimiters},
     config::Settings,
+    control::PaymentsGate,
     feed::Feed,
     journal::{Drainer, Journal},
     lease::Leases,
@@ -119,6 +120,18 @@ impl Application {
         )
         .await
         .context("starting the event feed")?;
+        // Whether new payments are accepted: the row shared by every replica, cached here and
+        // kept current by a task that stops with the feed.
+        let gate = PaymentsGate::start(
+            store.clone(),
+            &settings.database_url,
+            replica.clone(),
+            settings.breaker(),
+            &tracker,
+            feed_stop.child_token(),
+        )
+        .await
+        .context("starting the payments gate")?;
         let runner = Runner {
             feed: Some(feed.clone()),
             store,
@@ -130,6 +143,7 @@ impl Application {
             journal,
             stopping: CancellationToken::new(),
             drain: Drain::default(),
+            gate,
         };
         Ok(Self {
             listener,

@@ -705,13 +705,21 @@ async fn roles_and_credentials_are_enforced() {
         .await
         .expect_err("reviewer");
     assert_eq!(status.code(), Code::PermissionDenied);
-    // An admin passes the role check (the RPC itself arrives with its issue).
+    // An admin passes the role check and pauses; resumed, so that the payment below goes
+    // through (tests/tests/breaker.rs covers the pause itself).
     let mut admin = replica.client(ADMIN).await;
-    let status = admin
+    let paused = admin
         .pause_payments(pb::PausePaymentsRequest { reason: "x".into() })
         .await
-        .expect_err("not yet");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect("an admin may pause")
+        .into_inner();
+    assert!(paused.paused);
+    let resumed = admin
+        .resume_payments(pb::ResumePaymentsRequest::default())
+        .await
+        .expect("an admin may resume")
+        .into_inner();
+    assert!(!resumed.paused);
     assert_nothing_written(&env).await;
 
     // The caller's key id is the attempt's operator.

@@ -21,6 +21,7 @@ use super::{Coordinator, convert, deadline};
 use crate::{
     attempt::AttemptJob,
     auth::Caller,
+    control::Admission,
     domain::{AttemptOutcome, EventKind, OrderState, PaymentRequest},
     error::Error,
     lease::{Acquire, Lease, LeaseHolder},
@@ -68,6 +69,12 @@ impl Coordinator {
             return Err(Error::ShuttingDown);
         }
 
+        // Paused (by an admin, or the gateway circuit breaker is open)? Refused before the
+        // lease: nothing written, no gateway call. Decided from this replica's cached copy of
+        // the shared state, without a database round trip unless the breaker wants a probe.
+        // Attempts already in flight are not affected.
+        let admission = self.runner.gate.admit().await?;
+
         // 2.–4. Lease, attempt commit and gateway flow run in a task the server owns, so a
         //    caller whose deadline passes or who disconnects can never leave a committed attempt
         //    without anyone to drive it (§1.7): the handler only waits for the task's answer.
@@ -95,7 +102,7 @@ impl Coordinator {
         let (answer, answered) = oneshot::channel();
         let this = self.clone();
         self.tracker.spawn(
-            this.start_attempt(new, answer)
+            this.start_attempt(new, admission, answer)
                 .instrument(tracing::Span::current()),
         );
         match answered.await {
@@ -117,7 +124,12 @@ impl Coordinator {
     /// Lease, attempt commit, then the gateway flow, all in one server-owned task. `answer`
     /// receives the caller's answer as soon as it is known (refused, joined, or committed); the
     /// task goes on to drive a committed attempt whether anyone still listens or not.
-    async fn start_attempt(self, new: NewAttempt, answer: oneshot::Sender<Result<Started, Error>>) {
+    async fn start_attempt(
+        self,
+        new: NewAttempt,
+        admission: Admission,
+        answer: oneshot::Sender<Result<Started, Error>>,
+    ) {
         let lease = match self.take_lease(&new).await {
             Ok(lease) => lease,
             Err(decided) => {
@@ -198,6 +210,9 @@ impl Coordinator {
             payment_method: attempt.payment_method.clone(),
             operator_id: new.operator_id.clone(),
             lease,
+            // A probe refused before its commit (lease busy, order paid…) never reports: the
+            // breaker lets a new round of probes through after the next cool-down.
+            probe: admission == Admission::Probe,
         };
         // Open before answering, so a waiting caller always finds the board entry.
         self.runner.board.open(&order.order_id, attempt.number);
