@@ -8,7 +8,6 @@ pub mod attempt;
 pub mod auth;
 pub mod config;
 pub mod control;
-pub mod control;
 pub mod domain;
 pub mod error;
 pub mod feed;

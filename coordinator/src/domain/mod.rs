@@ -1,7 +1,6 @@
 //! The domain: validated request types and the order/attempt state machine. Pure: no I/O.
 
 pub mod breaker;
-pub mod breaker;
 pub mod ids;
 pub mod machine;
 pub mod money;

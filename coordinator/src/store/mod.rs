@@ -10,7 +10,6 @@
 
 mod attempts;
 mod control;
-mod control;
 pub(crate) mod events;
 mod migrate;
 mod orders;
@@ -24,7 +23,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-pub use control::CONTROL_CHANNEL;
 pub use control::CONTROL_CHANNEL;
 pub use events::{Backlog, EventRecord};
 pub use migrate::MIGRATIONS;
