@@ -89,8 +89,13 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
-    /// Accept new payments again: lifts an admin pause (ResumePayments, admin).
-    Resume,
+    /// Accept new payments again: lifts an admin pause (ResumePayments, admin). An open
+    /// circuit breaker closes by itself after a successful probe payment.
+    Resume {
+        /// Also close the gateway circuit breaker by hand (for a gateway known to be healthy).
+        #[arg(long)]
+        reset_breaker: bool,
+    },
     /// Whether new payments are accepted, and if not why (GetPaymentsStatus).
     Status,
 }

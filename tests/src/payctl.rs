@@ -13,8 +13,15 @@ use tokio::{
 use crate::checks::GUARD;
 use crate::coordinator::key_for;
 
-/// `$CARGO_TARGET_DIR/debug/payctl`, or the workspace's `target/debug/payctl`.
+/// `payctl` next to this test executable (`target/debug/deps/…` → `target/debug/payctl`), else
+/// `$CARGO_TARGET_DIR/debug/payctl` or the workspace's `target/debug/payctl`.
 pub fn payctl_binary() -> PathBuf {
+    let beside_tests = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("payctl")));
+    if let Some(binary) = beside_tests.filter(|b| b.exists()) {
+        return binary;
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));

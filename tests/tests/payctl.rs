@@ -9,7 +9,7 @@ use integration_tests::checks::{charges, wait_for};
 use integration_tests::coordinator::{
     ADMIN, OPERATOR, OPERATOR_2, REVIEWER, SERVICE, TestEnv, key_for,
 };
-use integration_tests::payctl::{Output, Payctl};
+use integration_tests::payctl::{Output, Payctl, run};
 use integration_tests::review;
 use payments_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -137,6 +137,21 @@ async fn pay_wait_then_get_in_tables_and_json() {
         "{order}"
     );
 
+    // Without --wait: answered once the attempt is recorded, before the gateway call.
+    let recorded = alice.run(&pay_args("ctl-4", "pm_card_visa")).await;
+    assert_exit(&recorded, 0, "pay");
+    assert!(
+        recorded
+            .stdout
+            .contains("attempt 1 recorded (IN_FLIGHT); follow it with: payctl watch ctl-4"),
+        "{}",
+        recorded.stdout
+    );
+    wait_for("ctl-4 is paid", async || {
+        (order_state(&replica.url, "ctl-4").await == Some(pb::OrderState::Paid)).then_some(())
+    })
+    .await;
+
     // Retrying with the same idempotency key joins the original: no second charge.
     let again = alice
         .run(&with(
@@ -188,9 +203,13 @@ async fn a_busy_order_names_its_holder_and_can_be_followed_to_its_outcome() {
     let alice = Payctl::new(&replica.url, OPERATOR);
     let bob = Payctl::new(&replica.url, OPERATOR_2);
 
-    let started = alice.run(&pay_args("busy-1", "pm_card_visa")).await;
-    assert_exit(&started, 0, "pay without --wait");
-    assert!(started.stdout.contains("IN_FLIGHT"), "{}", started.stdout);
+    // Alice waits for the outcome with a deadline shorter than the gateway: the coordinator
+    // answers before it with the attempt in flight, and payctl follows the order from there.
+    let mut alice_waits = alice.command(&with(
+        pay_args("busy-1", "pm_card_visa"),
+        &["--wait", "--timeout", "1s"],
+    ));
+    let alice_waits = tokio::spawn(async move { run(&mut alice_waits).await });
     wait_for("Alice's attempt holds the order", async || {
         (order_state(&replica.url, "busy-1").await == Some(pb::OrderState::AwaitingConfirmation))
             .then_some(())
@@ -236,6 +255,23 @@ async fn a_busy_order_names_its_holder_and_can_be_followed_to_its_outcome() {
         followed.stdout
     );
     assert_eq!(charges(&env, "busy-1").await, 1, "Bob never charged");
+
+    let alice_waited = alice_waits.await.expect("Alice's payctl");
+    assert_exit(&alice_waited, 0, "pay --wait past its deadline");
+    assert!(
+        alice_waited
+            .stderr
+            .contains("following order busy-1 until attempt 1 has an outcome"),
+        "{}",
+        alice_waited.stderr
+    );
+    assert!(
+        alice_waited
+            .stdout
+            .contains("attempt 1 SUCCEEDED: order busy-1 is PAID"),
+        "{}",
+        alice_waited.stdout
+    );
 
     replica.stop().await;
     env.cleanup().await;
@@ -668,9 +704,14 @@ async fn an_admin_pauses_and_resumes_payments() {
     assert_eq!(doc["by"], ADMIN);
     assert_eq!(doc["cause"], "PAUSE_CAUSE_ADMIN");
 
-    let resumed = admin.run(&["resume"]).await;
+    let resumed = admin.run(&["resume", "--reset-breaker"]).await;
     assert_exit(&resumed, 0, "resume");
     assert!(resumed.stdout.contains("ACCEPTED"), "{}", resumed.stdout);
+    assert!(
+        resumed.stdout.contains("breaker      CLOSED"),
+        "{}",
+        resumed.stdout
+    );
     let paid = alice
         .run(&with(pay_args("paused-1", "pm_card_visa"), &["--wait"]))
         .await;

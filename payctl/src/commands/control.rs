@@ -17,8 +17,8 @@ pub async fn pause(conn: &Conn, reason: &str, as_json: bool) -> Result<Exit, Fai
     print(&status, as_json)
 }
 
-pub async fn resume(conn: &Conn, as_json: bool) -> Result<Exit, Failure> {
-    let request = conn.request(pb::ResumePaymentsRequest::default());
+pub async fn resume(conn: &Conn, reset_breaker: bool, as_json: bool) -> Result<Exit, Failure> {
+    let request = conn.request(pb::ResumePaymentsRequest { reset_breaker });
     let status = conn.unary(conn.client().resume_payments(request)).await?;
     print(&status, as_json)
 }

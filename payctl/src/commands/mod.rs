@@ -32,7 +32,9 @@ pub async fn run(cli: &Cli) -> Result<Exit, Failure> {
             refund::run(&connect(cli).await?, request, json).await
         }
         Command::Pause { reason } => control::pause(&connect(cli).await?, reason, json).await,
-        Command::Resume => control::resume(&connect(cli).await?, json).await,
+        Command::Resume { reset_breaker } => {
+            control::resume(&connect(cli).await?, *reset_breaker, json).await
+        }
         Command::Status => control::status(&connect(cli).await?, json).await,
     }
 }

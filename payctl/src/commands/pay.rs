@@ -96,7 +96,13 @@ async fn answered(
 ) -> Result<Exit, Failure> {
     let mut order = response.order.unwrap_or_default();
     let number = response.attempt.as_ref().map_or(0, |a| a.number);
-    if args.wait {
+    let in_flight = response.attempt.as_ref().is_none_or(|a| {
+        matches!(
+            a.outcome(),
+            pb::AttemptOutcome::InFlight | pb::AttemptOutcome::Unspecified
+        )
+    });
+    if args.wait && in_flight {
         // The server answers shortly before our deadline with the attempt still in flight if
         // it has no outcome yet: keep following it.
         order = follow::until_outcome(conn, &order.order_id, number, as_json).await?;
