@@ -99,10 +99,14 @@ pub enum Error {
         state: crate::domain::OrderState,
         resolved_by: Option<String>,
     },
-    #[error("the gateway contradicts this resolution of order {order_id}: {detail}; nothing was recorded")]
+    #[error(
+        "the gateway contradicts this resolution of order {order_id}: {detail}; nothing was recorded"
+    )]
     ResolutionContradicted { order_id: String, detail: String },
     /// The gateway could not be asked (a verification lookup); nothing was recorded.
-    #[error("the gateway could not be reached to verify this ({detail}); nothing was recorded, retry later")]
+    #[error(
+        "the gateway could not be reached to verify this ({detail}); nothing was recorded, retry later"
+    )]
     GatewayUnavailable { detail: String },
     #[error("order {order_id} is {state}: only a paid order can be refunded")]
     NotPaid {

@@ -180,7 +180,10 @@ mod tests {
     fn refunds_never_exceed_what_was_paid() {
         assert_eq!(refund_amount(OrderState::Paid, 1000, 0, None), Ok(1000));
         assert_eq!(refund_amount(OrderState::Paid, 1000, 400, None), Ok(600));
-        assert_eq!(refund_amount(OrderState::Paid, 1000, 400, Some(600)), Ok(600));
+        assert_eq!(
+            refund_amount(OrderState::Paid, 1000, 400, Some(600)),
+            Ok(600)
+        );
         assert_eq!(
             refund_amount(OrderState::Paid, 1000, 400, Some(601)),
             Err(RefundRefusal::ExceedsPaid { remaining: 600 })
