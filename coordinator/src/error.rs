@@ -114,7 +114,7 @@ pub enum Error {
         state: crate::domain::OrderState,
     },
     #[error(
-        "refund of order {order_id} refused: at most {remaining} {currency} (minor units) remain          refundable; a refund is never more than was paid"
+        "refund of order {order_id} refused: at most {remaining} {currency} (minor units) remain refundable; a refund is never more than was paid"
     )]
     RefundExceedsPaid {
         order_id: String,
@@ -122,14 +122,21 @@ pub enum Error {
         currency: String,
     },
     #[error(
-        "refund {number} of order {order_id}, asked by {requested_by} at {}, is in flight;          wait for its outcome (GetOrder or WatchOrder) before asking for another",
-        rfc3339(*requested_at)
+        "refund {number} of order {order_id}, asked by {requested_by} at {}, {}",
+        rfc3339(*requested_at),
+        if *in_review {
+            "is in doubt and awaits a reviewer (ListManualReviews); no other refund may start before it is resolved"
+        } else {
+            "is in flight; wait for its outcome (GetOrder or WatchOrder) before asking for another"
+        }
     )]
     RefundInProgress {
         order_id: String,
         number: i32,
         requested_by: String,
         requested_at: SystemTime,
+        /// In doubt, awaiting a reviewer (rather than in flight).
+        in_review: bool,
     },
     #[error("refund {number} of order {order_id} failed: {message}")]
     RefundFailed {
@@ -278,7 +285,9 @@ impl From<Error> for Status {
                 number,
                 requested_by,
                 requested_at,
+                in_review,
             } => {
+                metadata.insert("in_review".to_owned(), in_review.to_string());
                 metadata.insert("order_id".to_owned(), order_id);
                 metadata.insert("refund".to_owned(), number.to_string());
                 metadata.insert("requested_by".to_owned(), requested_by);

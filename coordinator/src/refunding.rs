@@ -6,22 +6,21 @@
 //! outcome is never guessed: the same request is replayed with the same key (the gateway answers
 //! the original result) while the gateway's idempotency window allows it, spaced, and handed to
 //! the recovery worker between runs. A gateway without idempotency keys cannot be asked safely a
-//! second time (a replay could refund twice): such a refund stays in flight, its history says
-//! what to check, and it is never retried blindly.
+//! second time (a replay could refund twice), and a window that has passed or runs that ran out
+//! end the same way: the refund becomes `UNKNOWN`, a manual review item (with its history and
+//! what to check) that keeps the order's refund slot until a reviewer resolves it. It is never
+//! retried blindly. A gateway refund `pending` counts as done: the gateway accepted it (the
+//! subset has no refund lookup to follow it further; see docs/ARCHITECTURE.md).
 
 use std::time::{Duration, SystemTime};
 
 use gateway_client::{IdempotencyKey, Outcome, Refund, RefundStatus, Reply};
 use tracing::Instrument;
 
-use crate::attempt::Runner;
+use crate::attempt::{Runner, Running};
 use crate::domain::RefundOutcome;
 use crate::domain::resolution::spacing;
 use crate::store::{Fenced, RefundFence, RefundFinish, StrandedRefund};
-
-/// How long a refund that cannot be resolved automatically waits before the recovery worker
-/// looks at it again (an operator is expected meanwhile).
-const IN_DOUBT_RECHECK: Duration = Duration::from_secs(3600);
 
 /// Everything the task needs about its refund.
 #[derive(Debug, Clone)]
@@ -113,7 +112,9 @@ pub fn interpret(reply: &Reply<Refund>, first: bool) -> Learnt {
 }
 
 impl Runner {
-    /// Runs the refund to an outcome (or hands it to the recovery worker), heartbeating.
+    /// Runs the refund to an outcome (or hands it to the recovery worker), heartbeating. Counted
+    /// in the shutdown's drain: when the grace period is over it stops where it is (never while
+    /// writing an outcome) and hands the refund over, saying so in its history.
     pub async fn run_refund(self, job: RefundJob) -> Option<RefundOutcome> {
         let span = tracing::info_span!(
             "payment.refund",
@@ -123,6 +124,7 @@ impl Runner {
             replica = %self.replica,
         );
         async {
+            let _running = Running::enter(&self.drain);
             let period = (self.recovery.stale_after / 3).max(Duration::from_millis(50));
             let beat = async {
                 loop {
@@ -138,16 +140,47 @@ impl Runner {
             };
             let drive = self.drive_refund(&job);
             tokio::pin!(drive);
-            tokio::select! {
-                outcome = &mut drive => outcome,
-                () = beat => drive.await,
+            let beating = async {
+                tokio::select! {
+                    finish = &mut drive => finish,
+                    () = beat => (&mut drive).await,
+                }
+            };
+            let finish = tokio::select! {
+                finish = beating => finish,
+                () = self.drain.given_up() => {
+                    self.hand_over_refund(&job, "the shutdown's grace period ended").await;
+                    return None;
+                }
+            };
+            match finish {
+                Some(finish) => self.settle_refund(&job, &finish).await,
+                None => None,
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn drive_refund(&self, job: &RefundJob) -> Option<RefundOutcome> {
+    /// Leaves the refund to another replica's recovery worker at once (same key, so the same
+    /// refund), saying so in its history.
+    async fn hand_over_refund(&self, job: &RefundJob, why: &str) {
+        let note = format!(
+            "replica {} shut down before the outcome was known ({why}); left to the recovery worker",
+            self.replica
+        );
+        tracing::warn!(%note, "refund handed over");
+        if self.refund_history(job, "shutdown", &note).await {
+            let _ = self
+                .store
+                .refund_schedule_next_check(&job.fence, Duration::ZERO)
+                .await;
+        }
+    }
+
+    /// The gateway calls: the refund's outcome as learnt (or `Unknown` when nothing can establish
+    /// it any more), or `None` when it is handed to the recovery worker (or superseded).
+    async fn drive_refund(&self, job: &RefundJob) -> Option<RefundFinish> {
         let order_id = job.fence.order_id.as_str();
         let key = IdempotencyKey::refund(order_id, u32::try_from(job.fence.number).unwrap_or(0));
         let config = self.recovery;
@@ -157,18 +190,8 @@ impl Runner {
         loop {
             if !first {
                 if self.stopping.is_cancelled() {
-                    // Shutting down: leave the refund to another replica's recovery worker at
-                    // once (same key, so the same refund), rather than holding the exit.
-                    let note = format!(
-                        "replica {} shut down before the outcome was known; left to the recovery worker",
-                        self.replica
-                    );
-                    if self.refund_history(job, "shutdown", &note).await {
-                        let _ = self
-                            .store
-                            .refund_schedule_next_check(&job.fence, Duration::ZERO)
-                            .await;
-                    }
+                    // Shutting down: no more waiting between replays here.
+                    self.hand_over_refund(job, "between replays").await;
                     return None;
                 }
                 if !capabilities.may_replay(job.requested_at, SystemTime::now()) {
@@ -177,21 +200,24 @@ impl Runner {
                     } else {
                         "the gateway has no idempotency keys: asking again could refund twice"
                     };
-                    let note = format!(
-                        "refund outcome unknown and {why}; an operator must check the gateway \
-                         (charge {}, refund key {key}) — rechecked in {IN_DOUBT_RECHECK:?}",
+                    let reason = format!(
+                        "refund outcome unknown and {why}; check the gateway for charge {} and \
+                         refund key {key}, then resolve this refund",
                         job.gateway_payment_id
                     );
-                    tracing::error!(%note, "refund in doubt");
-                    if self.refund_history(job, "recovery", &note).await {
-                        let _ = self
-                            .store
-                            .refund_schedule_next_check(&job.fence, IN_DOUBT_RECHECK)
-                            .await;
-                    }
-                    return None;
+                    tracing::error!(%reason, "refund in doubt: manual review");
+                    return Some(RefundFinish::Unknown { reason });
                 }
                 if actions >= config.actions_per_run {
+                    if job.prior_runs + 1 >= config.max_runs {
+                        let reason = format!(
+                            "refund outcome not established after {} resolution runs; check the \
+                             gateway for charge {} and refund key {key}, then resolve this refund",
+                            job.prior_runs + 1,
+                            job.gateway_payment_id
+                        );
+                        return Some(RefundFinish::Unknown { reason });
+                    }
                     let after = spacing(job.prior_runs * config.actions_per_run + actions);
                     let note = format!(
                         "outcome not established after {actions} replays; handed to the recovery \
@@ -228,7 +254,7 @@ impl Runner {
                 .create_refund(&job.gateway_payment_id, Some(job.amount_minor), &key)
                 .await;
             match interpret(&reply, first) {
-                Learnt::Final(finish) => return self.settle_refund(job, &finish).await,
+                Learnt::Final(finish) => return Some(finish),
                 Learnt::InDoubt(said) => {
                     tracing::warn!(%said, "refund outcome not established");
                     let step = if first { "refund" } else { "replay" };
@@ -248,6 +274,7 @@ impl Runner {
         let outcome = match finish {
             RefundFinish::Succeeded { .. } => RefundOutcome::Succeeded,
             RefundFinish::Failed { .. } => RefundOutcome::Failed,
+            RefundFinish::Unknown { .. } => RefundOutcome::Unknown,
         };
         let mut delay = Duration::from_millis(100);
         loop {

@@ -326,3 +326,224 @@ async fn a_stranded_refund_is_taken_over_by_the_recovery_worker() {
     replica.stop().await;
     env.cleanup().await;
 }
+
+/// A gateway without idempotency keys: a refund whose outcome is unknown cannot be asked again.
+async fn poorer_gateway() -> (TestEnv, integration_tests::coordinator::Replica) {
+    let env = TestEnv::with_sim(booking_sim::psp::SimConfig {
+        without: booking_sim::psp::Without {
+            idempotency: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let replica = env
+        .replica("r0", &["--gateway-capabilities", "lookup,cancel"])
+        .await;
+    (env, replica)
+}
+
+fn resolve_refund(
+    order_id: &str,
+    number: i32,
+    resolution: pb::Resolution,
+    refund_id: &str,
+) -> pb::ResolveManualReviewRequest {
+    pb::ResolveManualReviewRequest {
+        order_id: order_id.to_owned(),
+        resolution: resolution.into(),
+        refund_number: number,
+        gateway_refund_id: refund_id.to_owned(),
+        note: "checked the gateway's refunds".to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_in_doubt_goes_to_manual_review_and_holds_the_order_until_resolved() {
+    let (env, replica) = poorer_gateway().await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    paid(&mut operator, "ref-doubt").await;
+    paid(&mut operator, "ref-undone").await;
+
+    // The gateway refunds, then the answer is lost; and a 500 before anything is refunded.
+    env.sim_control
+        .set_faults(json!({ "next": ["drop_after_charge"], "operations": ["refund"] }))
+        .await
+        .expect("faults");
+    let doubt = reviewer
+        .refund_payment(refund("ref-doubt", None, "d-1"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(doubt.refunds[0].outcome(), pb::RefundOutcome::Unknown);
+    assert_eq!(doubt.state(), pb::OrderState::Paid, "nothing counted yet");
+    env.sim_control
+        .set_faults(json!({ "next": ["error_500_before"], "operations": ["refund"] }))
+        .await
+        .expect("faults");
+    let undone = reviewer
+        .refund_payment(refund("ref-undone", Some(500), "u-1"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(undone.refunds[0].outcome(), pb::RefundOutcome::Unknown);
+    // Never asked twice: one refund call each.
+    assert_eq!(
+        env.sim_control.ledger().await.expect("ledger").calls.refund,
+        2
+    );
+    assert_eq!(ledger_refunds(&env, "ref-doubt").await, (1, PAID as u64));
+    assert_eq!(ledger_refunds(&env, "ref-undone").await, (0, 0));
+
+    // Both are review items with what to check; the order's refund slot stays taken.
+    let items = reviewer
+        .list_manual_reviews(pb::ListManualReviewsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    let kinds: Vec<_> = items
+        .iter()
+        .map(|i| {
+            (
+                i.order.as_ref().map(|o| o.order_id.clone()),
+                i.refund_number,
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (Some("ref-doubt".to_owned()), 1),
+            (Some("ref-undone".to_owned()), 1)
+        ]
+    );
+    assert_eq!(items[0].gateway_idempotency_keys, ["refund:ref-doubt:1"]);
+    assert_eq!(items[0].operator_id, REVIEWER);
+    assert!(items[0].reason.contains("idempotency"), "{:?}", items[0]);
+    let held = reviewer
+        .refund_payment(refund("ref-undone", Some(100), "u-2"))
+        .await
+        .expect_err("slot held");
+    assert_eq!(reason(&held), "REFUND_IN_PROGRESS");
+    assert!(
+        held.message().contains("awaits a reviewer"),
+        "{}",
+        held.message()
+    );
+
+    // Resolved as refunded (the reviewer found the refund): it counts, and it is the undo event.
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    let re = ledger
+        .intents
+        .iter()
+        .find(|i| i.metadata.get("order_id").map(String::as_str) == Some("ref-doubt"))
+        .and_then(|i| i.refunds.first())
+        .map(|r| r.id.clone())
+        .expect("the refund at the gateway");
+    let done = reviewer
+        .resolve_manual_review(resolve_refund(
+            "ref-doubt",
+            1,
+            pb::Resolution::Refunded,
+            &re,
+        ))
+        .await
+        .expect("resolved")
+        .into_inner();
+    assert_eq!(done.state(), pb::OrderState::Refunded);
+    assert_eq!(done.refunded.as_ref().map(|m| m.amount_minor), Some(PAID));
+    let r = &done.refunds[0];
+    assert_eq!(r.resolution(), pb::Resolution::Refunded);
+    assert_eq!(
+        (r.resolved_by.as_str(), r.gateway_refund_id.as_str()),
+        (REVIEWER, re.as_str())
+    );
+    // Twice: refused.
+    let twice = reviewer
+        .resolve_manual_review(resolve_refund(
+            "ref-doubt",
+            1,
+            pb::Resolution::NotRefunded,
+            "",
+        ))
+        .await
+        .expect_err("twice");
+    assert_eq!(reason(&twice), "NOT_IN_MANUAL_REVIEW");
+
+    // Resolved as not refunded: nothing counts, and the order may be refunded again (once).
+    let open = reviewer
+        .resolve_manual_review(resolve_refund(
+            "ref-undone",
+            1,
+            pb::Resolution::NotRefunded,
+            "",
+        ))
+        .await
+        .expect("resolved")
+        .into_inner();
+    assert_eq!(open.state(), pb::OrderState::Paid);
+    assert_eq!(open.refunded.as_ref().map(|m| m.amount_minor), Some(0));
+    let again = reviewer
+        .refund_payment(refund("ref-undone", Some(500), "u-3"))
+        .await
+        .expect("refunded now")
+        .into_inner();
+    assert_eq!(again.refunded.as_ref().map(|m| m.amount_minor), Some(500));
+    assert_eq!(ledger_refunds(&env, "ref-undone").await, (1, 500));
+
+    // The feed tells the story: review opened, resolved, then the undo.
+    let sql = env.sql().await;
+    let kinds: Vec<String> = sql
+        .query(
+            "SELECT kind FROM events WHERE order_id = 'ref-doubt' ORDER BY sequence",
+            &[],
+        )
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["MANUAL_REVIEW_OPENED", "MANUAL_REVIEW_RESOLVED", "REFUNDED"]
+    );
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refunds_never_refund_more_than_was_paid() {
+    let env = TestEnv::new().await;
+    let r0 = env.replica("r0", &[]).await;
+    let r1 = env.replica("r1", &[]).await;
+    let mut operator = r0.client(OPERATOR).await;
+    paid(&mut operator, "ref-race").await;
+    // Four full refunds with four keys at once, over two replicas.
+    let mut calls = Vec::new();
+    for (i, replica) in [&r0, &r1, &r0, &r1].into_iter().enumerate() {
+        let mut client = replica.client(REVIEWER).await;
+        calls.push(tokio::spawn(async move {
+            client
+                .refund_payment(refund("ref-race", None, &format!("race-{i}")))
+                .await
+        }));
+    }
+    let mut refunded = 0;
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(_) => refunded += 1,
+            Err(status) => assert!(
+                ["REFUND_IN_PROGRESS", "NOT_PAID"].contains(&reason(&status).as_str()),
+                "{status:?}"
+            ),
+        }
+    }
+    assert_eq!(refunded, 1);
+    assert_eq!(ledger_refunds(&env, "ref-race").await, (1, PAID as u64));
+    r0.stop().await;
+    r1.stop().await;
+    env.cleanup().await;
+}

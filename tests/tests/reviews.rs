@@ -37,6 +37,7 @@ fn resolve(order_id: &str, resolution: pb::Resolution, id: &str) -> pb::ResolveM
         resolution: resolution.into(),
         gateway_payment_id: id.to_owned(),
         note: "checked the gateway dashboard".to_owned(),
+        ..Default::default()
     }
 }
 
@@ -155,6 +156,21 @@ async fn reviews_are_listed_with_every_detail_and_resolved_either_way() {
         .await
         .expect_err("token");
     assert_eq!(reason(&forged), "INVALID_REQUEST");
+
+    // An order in review cannot be refunded (nothing is known to refund).
+    let in_review = reviewer
+        .refund_payment(pb::RefundPaymentRequest {
+            order_id: "rev-charged".into(),
+            amount: None,
+            reason: "customer asked".into(),
+            idempotency_key: "refund-in-review".into(),
+        })
+        .await
+        .expect_err("in review");
+    assert_eq!(
+        (in_review.code(), reason(&in_review).as_str()),
+        (Code::FailedPrecondition, "IN_MANUAL_REVIEW")
+    );
 
     // Paged one by one, oldest first, every item once.
     let (items, pages) = list_all(&mut reviewer, 1).await;
@@ -456,6 +472,112 @@ async fn a_timeout_on_a_gateway_without_capabilities_is_resolved_on_the_reviewer
         "{detail}"
     );
     assert_eq!(charges(&env, "rev-timeout").await, 1);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_charged_voids_an_intent_that_could_still_charge_or_is_refused() {
+    // two_phase on a gateway without idempotency keys: a confirm that answers 500 before acting
+    // leaves an intent `requires_confirmation`; the one lookup allowed fails too, so the order
+    // goes to review with an intent that a late confirm could still charge.
+    let env = TestEnv::with_sim(SimConfig {
+        without: Without {
+            idempotency: true,
+            ..Without::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let limited = [
+        "--gateway-capabilities",
+        "lookup",
+        "--recovery-max-runs",
+        "1",
+        "--recovery-actions-per-run",
+        "1",
+    ];
+    let replica = env.replica("r0", &limited).await;
+    let mut operator = replica.client(OPERATOR).await;
+    env.sim_control
+        .set_faults(json!({
+            "next": ["error_500_before", "error_500_before"],
+            "operations": ["confirm", "get"]
+        }))
+        .await
+        .expect("faults");
+    let order = operator
+        .process_payment(pay("rev-open", "k1"))
+        .await
+        .expect("answered")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(order.state(), pb::OrderState::ManualReview, "{order:?}");
+    let intent = order.attempts[0].gateway_payment_id.clone();
+    assert!(!intent.is_empty());
+    // Without cancel, "not charged" is refused: the intent could still be confirmed.
+    let mut reviewer = replica.client(REVIEWER).await;
+    let refused = reviewer
+        .resolve_manual_review(resolve("rev-open", pb::Resolution::NotCharged, ""))
+        .await
+        .expect_err("could still charge");
+    assert_eq!(reason(&refused), "RESOLUTION_CONTRADICTED");
+    assert!(
+        refused.message().contains("could still charge"),
+        "{}",
+        refused.message()
+    );
+    replica.stop().await;
+
+    // A replica that may cancel voids it first, then records the decision.
+    let replica = env
+        .replica("r1", &["--gateway-capabilities", "lookup,cancel"])
+        .await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    let pending = reviewer
+        .resolve_manual_review(resolve("rev-open", pb::Resolution::NotCharged, ""))
+        .await
+        .expect("voided, then not charged")
+        .into_inner();
+    assert_eq!(pending.state(), pb::OrderState::Pending);
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    let status = ledger
+        .intents
+        .iter()
+        .find(|i| i.id == intent)
+        .map(|i| i.status.as_str().to_owned());
+    assert_eq!(status.as_deref(), Some("canceled"));
+    assert_eq!(charges(&env, "rev-open").await, 0);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_reviewers_resolving_at_once_record_one_decision() {
+    let (env, replica) = env_and_replica().await;
+    let mut operator = replica.client(OPERATOR).await;
+    into_review(&env, &mut operator, "rev-race", "error_500_before").await;
+    let mut first = replica.client(REVIEWER).await;
+    let mut second = replica.client(integration_tests::coordinator::ADMIN).await;
+    let (a, b) = tokio::join!(
+        first.resolve_manual_review(resolve("rev-race", pb::Resolution::NotCharged, "")),
+        second.resolve_manual_review(resolve("rev-race", pb::Resolution::NotCharged, "")),
+    );
+    let won = [a.is_ok(), b.is_ok()];
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let lost = a.err().or(b.err()).expect("one refused");
+    assert_eq!(reason(&lost), "NOT_IN_MANUAL_REVIEW", "{lost:?}");
+    let sql = env.sql().await;
+    let decisions: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM events WHERE order_id = 'rev-race' AND kind = 'MANUAL_REVIEW_RESOLVED'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(decisions, 1);
     replica.stop().await;
     env.cleanup().await;
 }

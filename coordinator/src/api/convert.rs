@@ -78,6 +78,22 @@ pub fn refund(r: &RefundRecord) -> pb::Refund {
         finished_at: r.finished_at.map(timestamp),
         gateway_idempotency_key: r.gateway_refund_key.clone(),
         errors: r.errors.iter().map(error).collect(),
+        resolution: r
+            .resolution
+            .as_ref()
+            .map_or(pb::Resolution::Unspecified, |d| d.resolution.into())
+            .into(),
+        resolved_by: r
+            .resolution
+            .as_ref()
+            .map(|d| d.by.clone())
+            .unwrap_or_default(),
+        resolved_at: r.resolution.as_ref().map(|d| timestamp(d.at)),
+        resolution_note: r
+            .resolution
+            .as_ref()
+            .map(|d| d.note.clone())
+            .unwrap_or_default(),
     }
 }
 

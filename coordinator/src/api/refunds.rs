@@ -16,9 +16,9 @@ use tonic::{Request, Response};
 use tracing::Instrument;
 
 use super::{Coordinator, convert, deadline, payments::caller};
-use crate::domain::RefundOutcome;
 use crate::domain::machine::RefundRefusal;
 use crate::domain::operations::RefundRequest;
+use crate::domain::{OrderState, RefundOutcome};
 use crate::error::Error;
 use crate::refunding::RefundJob;
 use crate::store::{BeginRefund, NewRefund};
@@ -35,6 +35,8 @@ impl Coordinator {
         let wait = deadline::from_metadata(request.metadata()).unwrap_or(DEFAULT_WAIT);
         let wait_until = tokio::time::Instant::now() + deadline::with_margin(wait);
         let req = RefundRequest::parse(request.into_inner())?;
+        // A replica shutting down starts no new refund (its grace period is for what is in
+        // flight); a caller's retry with its own key is still answered below.
         self.refund(&caller.id, req, wait_until).await
     }
 
@@ -60,6 +62,9 @@ impl Coordinator {
                 return Err(Error::IdempotencyKeyReused);
             }
             return self.refund_answer(&order_id, number).await;
+        }
+        if self.runner.stopping.is_cancelled() {
+            return Err(Error::ShuttingDown);
         }
         let new = NewRefund {
             order_id: order_id.clone(),
@@ -110,6 +115,9 @@ impl Coordinator {
                     fields: vec!["currency"],
                 });
             }
+            BeginRefund::Refused(RefundRefusal::NotPaid(OrderState::ManualReview)) => {
+                return Err(Error::InManualReview { order_id });
+            }
             BeginRefund::Refused(RefundRefusal::NotPaid(state)) => {
                 return Err(Error::NotPaid { order_id, state });
             }
@@ -128,12 +136,14 @@ impl Coordinator {
                 number,
                 requested_by,
                 requested_at,
+                in_review,
             } => {
                 return Err(Error::RefundInProgress {
                     order_id,
                     number,
                     requested_by,
                     requested_at,
+                    in_review,
                 });
             }
             BeginRefund::NoCharge => {

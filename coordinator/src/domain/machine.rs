@@ -68,6 +68,8 @@ pub fn may_finish(current: AttemptOutcome, next: AttemptOutcome) -> bool {
 pub enum ResolveRefusal {
     /// The order is not in manual review (never was, or already resolved): its current state.
     NotInReview(OrderState),
+    /// A refund's resolution offered for a payment attempt.
+    NotAboutAPayment,
 }
 
 /// The order's state once a review is resolved so; only an order in manual review may be.
@@ -78,10 +80,29 @@ pub fn state_after_resolution(
     if current != OrderState::ManualReview {
         return Err(ResolveRefusal::NotInReview(current));
     }
-    Ok(match resolution {
-        Resolution::Charged => OrderState::Paid,
-        Resolution::NotCharged => OrderState::Pending,
-    })
+    match resolution {
+        Resolution::Charged => Ok(OrderState::Paid),
+        Resolution::NotCharged => Ok(OrderState::Pending),
+        Resolution::Refunded | Resolution::NotRefunded => Err(ResolveRefusal::NotAboutAPayment),
+    }
+}
+
+/// The order's state, and how much is refunded, once a refund in doubt of `amount` is resolved
+/// so: it counts only if it did happen.
+pub fn after_refund_resolution(
+    state: OrderState,
+    paid: i64,
+    refunded: i64,
+    amount: i64,
+    resolution: Resolution,
+) -> (OrderState, i64) {
+    match resolution {
+        Resolution::Refunded => {
+            let after = refunded.saturating_add(amount);
+            (state_after_refund(paid, after), after)
+        }
+        _ => (state, refunded),
+    }
 }
 
 /// Why a refund may not start.
@@ -174,6 +195,26 @@ mod tests {
                 assert_eq!(charged, Err(ResolveRefusal::NotInReview(*state)));
             }
         }
+        assert_eq!(
+            state_after_resolution(OrderState::ManualReview, Resolution::Refunded),
+            Err(ResolveRefusal::NotAboutAPayment)
+        );
+    }
+
+    #[test]
+    fn a_refund_in_doubt_counts_only_if_it_happened() {
+        assert_eq!(
+            after_refund_resolution(OrderState::Paid, 1000, 400, 600, Resolution::Refunded),
+            (OrderState::Refunded, 1000)
+        );
+        assert_eq!(
+            after_refund_resolution(OrderState::Paid, 1000, 0, 600, Resolution::Refunded),
+            (OrderState::Paid, 600)
+        );
+        assert_eq!(
+            after_refund_resolution(OrderState::Paid, 1000, 400, 600, Resolution::NotRefunded),
+            (OrderState::Paid, 400)
+        );
     }
 
     #[test]

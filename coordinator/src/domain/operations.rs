@@ -88,6 +88,10 @@ pub struct ResolveRequest {
     pub resolution: Resolution,
     /// Present exactly with `Charged`.
     pub gateway_payment_id: Option<String>,
+    /// The refund in doubt this decides (`Refunded` / `NotRefunded`); `None`: the payment.
+    pub refund: Option<i32>,
+    /// Present exactly with `Refunded`.
+    pub gateway_refund_id: Option<String>,
     pub note: String,
 }
 
@@ -98,49 +102,104 @@ impl ResolveRequest {
             resolution,
             gateway_payment_id,
             note,
+            refund_number,
+            gateway_refund_id,
         } = request;
         let mut v = Violations::new();
         let order_id = v.check("order_id", OrderId::parse(order_id));
-        let resolution = match pb::Resolution::try_from(resolution) {
-            Ok(pb::Resolution::Charged) => Some(Resolution::Charged),
-            Ok(pb::Resolution::NotCharged) => Some(Resolution::NotCharged),
+        let refund = match refund_number {
+            0 => None,
+            n if n > 0 => Some(n),
+            n => {
+                v.push(
+                    "refund_number",
+                    format!("is {n}: 0 (the payment) or the number of a refund in doubt"),
+                );
+                None
+            }
+        };
+        let resolution = match (pb::Resolution::try_from(resolution), refund_number) {
+            (Ok(pb::Resolution::Charged), 0) => Some(Resolution::Charged),
+            (Ok(pb::Resolution::NotCharged), 0) => Some(Resolution::NotCharged),
+            (Ok(pb::Resolution::Refunded), n) if n != 0 => Some(Resolution::Refunded),
+            (Ok(pb::Resolution::NotRefunded), n) if n != 0 => Some(Resolution::NotRefunded),
+            (Ok(pb::Resolution::Refunded | pb::Resolution::NotRefunded), _) => {
+                v.push(
+                    "resolution",
+                    "RESOLUTION_REFUNDED / RESOLUTION_NOT_REFUNDED decide a refund in doubt: \
+                     give its refund_number",
+                );
+                None
+            }
+            (Ok(pb::Resolution::Charged | pb::Resolution::NotCharged), _) => {
+                v.push(
+                    "resolution",
+                    "RESOLUTION_CHARGED / RESOLUTION_NOT_CHARGED decide a payment: leave \
+                     refund_number 0 (a refund in doubt takes RESOLUTION_REFUNDED or \
+                     RESOLUTION_NOT_REFUNDED)",
+                );
+                None
+            }
             _ => {
                 v.push(
                     "resolution",
                     "is required: RESOLUTION_CHARGED (the money was taken) or \
-                     RESOLUTION_NOT_CHARGED (nothing was taken)",
+                     RESOLUTION_NOT_CHARGED (nothing was taken); for a refund in doubt \
+                     RESOLUTION_REFUNDED or RESOLUTION_NOT_REFUNDED",
                 );
                 None
             }
         };
-        let gateway_payment_id = match (resolution, gateway_payment_id.trim()) {
-            (Some(Resolution::Charged), "") => {
-                v.push(
-                    "gateway_payment_id",
-                    "is required with RESOLUTION_CHARGED: the gateway's id of the charge (pi_...)",
-                );
-                None
-            }
-            (Some(Resolution::Charged), id) => v.check("gateway_payment_id", gateway_id(id)),
-            (_, "") => None,
-            (_, _) => {
-                v.push(
-                    "gateway_payment_id",
-                    "must be empty with RESOLUTION_NOT_CHARGED: nothing was charged",
-                );
-                None
-            }
-        };
+        let gateway_payment_id = v
+            .check(
+                "gateway_payment_id",
+                required_with(
+                    resolution,
+                    Resolution::Charged,
+                    gateway_payment_id.trim(),
+                    "the gateway's id of the charge (pi_...)",
+                ),
+            )
+            .flatten();
+        let gateway_refund_id = v
+            .check(
+                "gateway_refund_id",
+                required_with(
+                    resolution,
+                    Resolution::Refunded,
+                    gateway_refund_id.trim(),
+                    "the gateway's id of the refund (re_...)",
+                ),
+            )
+            .flatten();
         let note = v.check("note", free_text(&note, true));
         match (order_id, resolution, note) {
             (Some(order_id), Some(resolution), Some(note)) if v.is_empty() => Ok(Self {
                 order_id,
                 resolution,
                 gateway_payment_id,
+                refund,
+                gateway_refund_id,
                 note,
             }),
             _ => Err(v),
         }
+    }
+}
+
+/// A gateway id required with exactly one resolution (`with`) and refused with the others.
+fn required_with(
+    resolution: Option<Resolution>,
+    with: Resolution,
+    id: &str,
+    what: &str,
+) -> Result<Option<String>, String> {
+    match (resolution, id) {
+        (Some(r), "") if r == with => Err(format!("is required with RESOLUTION_{with}: {what}")),
+        (Some(r), id) if r == with => gateway_id(id).map(Some),
+        (_, "") => Ok(None),
+        (Some(r), _) => Err(format!("must be empty with RESOLUTION_{r}")),
+        (None, _) => Ok(None),
     }
 }
 
@@ -158,7 +217,7 @@ pub fn page_size(requested: i32) -> Result<i64, Violations> {
 
 /// Free text from an operator: trimmed, 1..=MAX_TEXT characters, printable, and never something
 /// that looks like a card number (it would be stored and shown).
-fn free_text(value: &str, required: bool) -> Result<String, String> {
+pub fn free_text(value: &str, required: bool) -> Result<String, String> {
     let value = value.trim();
     if value.is_empty() {
         return if required {
@@ -261,7 +320,56 @@ mod tests {
             resolution: resolution.into(),
             gateway_payment_id: id.into(),
             note: note.into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_refund_in_doubt_takes_its_own_resolutions() {
+        let refund = |resolution: pb::Resolution, number: i32, re: &str| {
+            ResolveRequest::parse(pb::ResolveManualReviewRequest {
+                order_id: "ord-1".into(),
+                resolution: resolution.into(),
+                refund_number: number,
+                gateway_refund_id: re.into(),
+                note: "n".into(),
+                ..Default::default()
+            })
+        };
+        let ok = refund(pb::Resolution::Refunded, 2, "re_9").unwrap();
+        assert_eq!(
+            (ok.refund, ok.gateway_refund_id.as_deref()),
+            (Some(2), Some("re_9"))
+        );
+        assert!(refund(pb::Resolution::NotRefunded, 2, "").is_ok());
+        assert_eq!(
+            refund(pb::Resolution::Refunded, 2, "")
+                .unwrap_err()
+                .fields(),
+            vec!["gateway_refund_id"]
+        );
+        assert_eq!(
+            refund(pb::Resolution::NotRefunded, 2, "re_1")
+                .unwrap_err()
+                .fields(),
+            vec!["gateway_refund_id"]
+        );
+        assert_eq!(
+            refund(pb::Resolution::Refunded, 0, "re_1")
+                .unwrap_err()
+                .fields(),
+            vec!["resolution"]
+        );
+        assert_eq!(
+            refund(pb::Resolution::Charged, 1, "").unwrap_err().fields(),
+            vec!["resolution"]
+        );
+        assert_eq!(
+            refund(pb::Resolution::NotRefunded, -1, "")
+                .unwrap_err()
+                .fields(),
+            vec!["refund_number"]
+        );
     }
 
     #[test]

@@ -48,6 +48,17 @@ pub enum Resolution {
     Charged,
     /// Nothing was taken: the order becomes PENDING again.
     NotCharged,
+    /// A refund in doubt did happen: it counts as refunded.
+    Refunded,
+    /// A refund in doubt did not happen: nothing was refunded.
+    NotRefunded,
+}
+
+impl Resolution {
+    /// Whether this decides a refund in doubt (rather than a payment attempt).
+    pub fn is_about_a_refund(self) -> bool {
+        matches!(self, Resolution::Refunded | Resolution::NotRefunded)
+    }
 }
 
 /// How one refund ended, or that it has not yet.
@@ -57,6 +68,8 @@ pub enum RefundOutcome {
     Succeeded,
     /// The gateway refused it: nothing was refunded.
     Failed,
+    /// Nothing could establish the outcome: a manual review item until a reviewer resolves it.
+    Unknown,
 }
 
 /// A stored value that is not one of the known names: the schema and the code disagree.
@@ -124,12 +137,15 @@ stored_names!(EventKind, "event kind", {
 stored_names!(Resolution, "resolution", {
     Charged => "CHARGED",
     NotCharged => "NOT_CHARGED",
+    Refunded => "REFUNDED",
+    NotRefunded => "NOT_REFUNDED",
 });
 
 stored_names!(RefundOutcome, "refund outcome", {
     InFlight => "IN_FLIGHT",
     Succeeded => "SUCCEEDED",
     Failed => "FAILED",
+    Unknown => "UNKNOWN",
 });
 
 impl From<Resolution> for pb::Resolution {
@@ -137,6 +153,8 @@ impl From<Resolution> for pb::Resolution {
         match value {
             Resolution::Charged => pb::Resolution::Charged,
             Resolution::NotCharged => pb::Resolution::NotCharged,
+            Resolution::Refunded => pb::Resolution::Refunded,
+            Resolution::NotRefunded => pb::Resolution::NotRefunded,
         }
     }
 }
@@ -147,6 +165,7 @@ impl From<RefundOutcome> for pb::RefundOutcome {
             RefundOutcome::InFlight => pb::RefundOutcome::InFlight,
             RefundOutcome::Succeeded => pb::RefundOutcome::Succeeded,
             RefundOutcome::Failed => pb::RefundOutcome::Failed,
+            RefundOutcome::Unknown => pb::RefundOutcome::Unknown,
         }
     }
 }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "payments_control",
         sql: include_str!("../../migrations/0005_payments_control.sql"),
     },
+    Migration {
+        version: 6,
+        name: "refund_reviews",
+        sql: include_str!("../../migrations/0006_refund_reviews.sql"),
+    },
 ];
 
 /// The advisory lock serialising migrations across replicas ("payments" in ASCII).

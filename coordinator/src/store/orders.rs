@@ -37,7 +37,8 @@ pub(super) const REFUND_COLUMNS: &str = "r.number, r.requested_by, r.request_key
           'at_us', (extract(epoch FROM (e.entry->>'at')::timestamptz) * 1000000)::bigint, \
           'step', e.entry->>'step', 'message', e.entry->>'message') ORDER BY e.ord), '[]'::jsonb) \
       FROM jsonb_array_elements(r.errors) WITH ORDINALITY AS e(entry, ord)) AS errors_view, \
-     r.token, r.resolution_tries, r.requested_at, r.finished_at";
+     r.token, r.resolution_tries, r.requested_at, r.finished_at, r.resolution, r.resolved_by, \
+     r.resolved_at, r.resolution_note";
 
 #[derive(Deserialize)]
 struct ErrorView {
@@ -139,15 +140,7 @@ pub(super) fn order_from_row(row: &Row) -> Result<OrderRecord, StoreError> {
 /// The attempt of a row holding `ATTEMPT_COLUMNS`.
 pub(super) fn attempt_from_row(row: &Row) -> Result<AttemptRecord, StoreError> {
     let errors = errors_from_row(row)?;
-    let resolution = match column::<Option<&str>>(row, "resolution")? {
-        None => None,
-        Some(resolution) => Some(ReviewDecision {
-            resolution: Resolution::from_stored(resolution)?,
-            by: column::<Option<String>>(row, "resolved_by")?.unwrap_or_default(),
-            at: column::<Option<SystemTime>>(row, "resolved_at")?.unwrap_or(UNIX_EPOCH),
-            note: column::<Option<String>>(row, "resolution_note")?.unwrap_or_default(),
-        }),
-    };
+    let resolution = decision_from_row(row)?;
     Ok(AttemptRecord {
         resolution,
         number: column(row, "number")?,
@@ -167,6 +160,20 @@ pub(super) fn attempt_from_row(row: &Row) -> Result<AttemptRecord, StoreError> {
         errors,
         started_at: column(row, "started_at")?,
         finished_at: column(row, "finished_at")?,
+    })
+}
+
+/// A reviewer's decision of a row holding `resolution`, `resolved_by`, `resolved_at`,
+/// `resolution_note`.
+fn decision_from_row(row: &Row) -> Result<Option<ReviewDecision>, StoreError> {
+    Ok(match column::<Option<&str>>(row, "resolution")? {
+        None => None,
+        Some(resolution) => Some(ReviewDecision {
+            resolution: Resolution::from_stored(resolution)?,
+            by: column::<Option<String>>(row, "resolved_by")?.unwrap_or_default(),
+            at: column::<Option<SystemTime>>(row, "resolved_at")?.unwrap_or(UNIX_EPOCH),
+            note: column::<Option<String>>(row, "resolution_note")?.unwrap_or_default(),
+        }),
     })
 }
 
@@ -203,6 +210,7 @@ pub(super) fn refund_from_row(row: &Row) -> Result<RefundRecord, StoreError> {
         resolution_tries: column(row, "resolution_tries")?,
         requested_at: column(row, "requested_at")?,
         finished_at: column(row, "finished_at")?,
+        resolution: decision_from_row(row)?,
     })
 }
 

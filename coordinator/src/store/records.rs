@@ -216,6 +216,8 @@ pub struct RefundRecord {
     pub resolution_tries: i32,
     pub requested_at: SystemTime,
     pub finished_at: Option<SystemTime>,
+    /// For a refund in doubt a reviewer resolved: the decision.
+    pub resolution: Option<ReviewDecision>,
 }
 
 /// One error met during an attempt (the history an operator reads in manual review).

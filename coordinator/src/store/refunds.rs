@@ -11,7 +11,9 @@ use tokio_postgres::error::SqlState;
 use super::attempts::INSERT_EVENT;
 use super::orders::{REFUND_COLUMNS, column, refund_from_row};
 use super::{Fenced, RefundRecord, Store, StoreError};
-use crate::domain::machine::{RefundRefusal, refund_amount, state_after_refund};
+use crate::domain::machine::{
+    RefundRefusal, after_refund_resolution, refund_amount, state_after_refund,
+};
 use crate::domain::{EventKind, OrderState, RefundOutcome};
 
 /// The unique constraint scoping a caller's idempotency key for refunds.
@@ -66,11 +68,12 @@ pub enum BeginRefund {
         currency: String,
     },
     Refused(RefundRefusal),
-    /// Another refund of the order is in flight.
+    /// Another refund of the order is in flight, or in doubt awaiting a reviewer.
     InProgress {
         number: i32,
         requested_by: String,
         requested_at: SystemTime,
+        in_review: bool,
     },
     /// The order is paid but no charge id is recorded (cannot happen through the API).
     NoCharge,
@@ -86,6 +89,11 @@ pub enum RefundFinish {
     Failed {
         refund_id: Option<String>,
         message: String,
+    },
+    /// Nothing can establish the outcome: a manual review item; `reason` says why and what to
+    /// check.
+    Unknown {
+        reason: String,
     },
 }
 
@@ -178,8 +186,9 @@ impl Store {
 
         let in_flight = tx
             .prepare_cached(
-                "SELECT number, requested_by, requested_at FROM refunds \
-                 WHERE order_id = $1 AND outcome = 'IN_FLIGHT'",
+                "SELECT number, requested_by, requested_at, outcome FROM refunds \
+                 WHERE order_id = $1 \
+                   AND (outcome = 'IN_FLIGHT' OR (outcome = 'UNKNOWN' AND resolution IS NULL))",
             )
             .await
             .map_err(StoreError::from)?;
@@ -192,6 +201,7 @@ impl Store {
                 number: column(&row, "number")?,
                 requested_by: column(&row, "requested_by")?,
                 requested_at: column(&row, "requested_at")?,
+                in_review: column::<&str>(&row, "outcome")? == RefundOutcome::Unknown.as_str(),
             });
         }
         let amount = match refund_amount(state, paid, refunded, new.amount_minor) {
@@ -292,7 +302,7 @@ impl Store {
         let tx = client.transaction().await?;
         let lock = tx
             .prepare_cached(
-                "SELECT amount_minor, currency, refunded_minor FROM orders \
+                "SELECT amount_minor, currency, refunded_minor, state FROM orders \
                  WHERE order_id = $1 FOR UPDATE",
             )
             .await?;
@@ -309,13 +319,16 @@ impl Store {
                 refund_id.as_deref(),
                 Some(message.as_str()),
             ),
+            RefundFinish::Unknown { reason } => {
+                (RefundOutcome::Unknown, None, Some(reason.as_str()))
+            }
         };
         let update = tx
             .prepare_cached(
                 "UPDATE refunds SET outcome = $4, gateway_refund_id = coalesce($5, gateway_refund_id), \
                  failure_message = $6, finished_at = now() \
                  WHERE order_id = $1 AND number = $2 AND token = $3 AND outcome = 'IN_FLIGHT' \
-                 RETURNING amount_minor, reason, requested_by",
+                 RETURNING amount_minor, reason, requested_by, gateway_payment_id, gateway_refund_key",
             )
             .await?;
         let Some(refund) = tx
@@ -369,6 +382,44 @@ impl Store {
                     &fence.order_id,
                     &sequence,
                     &EventKind::Refunded.as_str(),
+                    &state.as_str(),
+                    &None::<i32>,
+                    &requested_by,
+                    &detail,
+                    &Some(amount),
+                    &Some(currency.as_str()),
+                ],
+            )
+            .await?;
+        } else if outcome == RefundOutcome::Unknown {
+            // A review item opens: an event, so that operators following the feed see it.
+            let state = OrderState::from_stored(column(&order, "state")?)?;
+            let currency: String = column(&order, "currency")?;
+            let amount: i64 = column(&refund, "amount_minor")?;
+            let requested_by: String = column(&refund, "requested_by")?;
+            let charge: String = column(&refund, "gateway_payment_id")?;
+            let key: String = column(&refund, "gateway_refund_key")?;
+            let bump = tx
+                .prepare_cached(
+                    "UPDATE orders SET last_sequence = last_sequence + 1, updated_at = now() \
+                     WHERE order_id = $1 RETURNING last_sequence",
+                )
+                .await?;
+            let row = tx.query_one(&bump, &[&fence.order_id]).await?;
+            let sequence: i64 = column(&row, "last_sequence")?;
+            let detail = format!(
+                "refund {} of {amount} {currency} in doubt, manual review: {}; charge {charge}, \
+                 refund key {key}, asked by {requested_by}",
+                fence.number,
+                message.unwrap_or(""),
+            );
+            let insert_event = tx.prepare_cached(INSERT_EVENT).await?;
+            tx.execute(
+                &insert_event,
+                &[
+                    &fence.order_id,
+                    &sequence,
+                    &EventKind::ManualReviewOpened.as_str(),
                     &state.as_str(),
                     &None::<i32>,
                     &requested_by,
@@ -496,6 +547,135 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Records a reviewer's decision on a refund in doubt, in ONE transaction: the refund's
+    /// resolution (who, when, what, why), the order's refunded amount and state as the state
+    /// machine says, `MANUAL_REVIEW_RESOLVED`, and, if it did happen, the `REFUNDED` event
+    /// downstream services act on. The order's refund slot is free again afterwards.
+    pub async fn resolve_refund(
+        &self,
+        order_id: &str,
+        number: i32,
+        d: &super::Decision<'_>,
+        gateway_refund_id: Option<&str>,
+    ) -> Result<super::Resolve, StoreError> {
+        use super::Resolve;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let lock = tx
+            .prepare_cached(
+                "SELECT state, amount_minor, currency, refunded_minor FROM orders \
+                 WHERE order_id = $1 FOR UPDATE",
+            )
+            .await?;
+        let Some(order) = tx.query_opt(&lock, &[&order_id]).await? else {
+            tx.rollback().await?;
+            return Ok(Resolve::NotFound);
+        };
+        let state = OrderState::from_stored(column(&order, "state")?)?;
+        let resolve = tx
+            .prepare_cached(
+                "UPDATE refunds SET resolution = $3, resolved_by = $4, resolved_at = now(), \
+                 resolution_note = $5, gateway_refund_id = coalesce($6, gateway_refund_id) \
+                 WHERE order_id = $1 AND number = $2 AND outcome = 'UNKNOWN' AND resolution IS NULL \
+                 RETURNING amount_minor",
+            )
+            .await?;
+        let Some(refund) = tx
+            .query_opt(
+                &resolve,
+                &[
+                    &order_id,
+                    &number,
+                    &d.resolution.as_str(),
+                    &d.by,
+                    &d.note,
+                    &gateway_refund_id,
+                ],
+            )
+            .await?
+        else {
+            let who = tx
+                .prepare_cached(
+                    "SELECT resolved_by FROM refunds WHERE order_id = $1 AND number = $2",
+                )
+                .await?;
+            let resolved_by = match tx.query_opt(&who, &[&order_id, &number]).await? {
+                Some(row) => column(&row, "resolved_by")?,
+                None => None,
+            };
+            tx.rollback().await?;
+            return Ok(Resolve::NotInReview { state, resolved_by });
+        };
+        let amount: i64 = column(&refund, "amount_minor")?;
+        let paid: i64 = column(&order, "amount_minor")?;
+        let currency: String = column(&order, "currency")?;
+        let refunded: i64 = column(&order, "refunded_minor")?;
+        let (after, refunded_after) =
+            after_refund_resolution(state, paid, refunded, amount, d.resolution);
+        let events: i64 = if refunded_after != refunded { 2 } else { 1 };
+        let update_order = tx
+            .prepare_cached(
+                "UPDATE orders SET state = $2, refunded_minor = $3, \
+                 last_sequence = last_sequence + $4, updated_at = now() \
+                 WHERE order_id = $1 RETURNING last_sequence",
+            )
+            .await?;
+        let row = tx
+            .query_one(
+                &update_order,
+                &[&order_id, &after.as_str(), &refunded_after, &events],
+            )
+            .await?;
+        let last: i64 = column(&row, "last_sequence")?;
+        let insert_event = tx.prepare_cached(INSERT_EVENT).await?;
+        tx.execute(
+            &insert_event,
+            &[
+                &order_id,
+                &(last - events + 1),
+                &EventKind::ManualReviewResolved.as_str(),
+                &after.as_str(),
+                &None::<i32>,
+                &d.by,
+                &d.detail,
+                &Some(amount),
+                &Some(currency.as_str()),
+            ],
+        )
+        .await?;
+        if events == 2 {
+            let detail = format!(
+                "refund {number} of {amount} {currency} ({}; {refunded_after} of {paid} refunded), \
+                 confirmed by {} in manual review",
+                gateway_refund_id.unwrap_or("?"),
+                d.by
+            );
+            tx.execute(
+                &insert_event,
+                &[
+                    &order_id,
+                    &last,
+                    &EventKind::Refunded.as_str(),
+                    &after.as_str(),
+                    &None::<i32>,
+                    &d.by,
+                    &detail,
+                    &Some(amount),
+                    &Some(currency.as_str()),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(order_id, refund = number, resolution = %d.resolution, by = d.by, state = %after, "refund review resolved");
+        Ok(Resolve::Resolved {
+            state: after,
+            attempt: 0,
+        })
     }
 }
 

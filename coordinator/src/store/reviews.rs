@@ -12,20 +12,26 @@ use super::{OrderRecord, Store, StoreError};
 use crate::domain::machine::{ResolveRefusal, state_after_resolution};
 use crate::domain::{EventKind, OrderState, Resolution};
 
-/// One open review item: the order (with every attempt and refund) and the attempt in doubt.
+/// One open review item: the order (with every attempt and refund) and what is in doubt: a
+/// payment attempt, or a refund.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewRecord {
     pub order: OrderRecord,
+    /// The payment attempt in doubt (0 for a refund item).
     pub attempt: i32,
-    /// When the attempt's outcome was recorded unknown.
+    /// The refund in doubt (0 for a payment item).
+    pub refund: i32,
+    /// When the outcome was recorded unknown.
     pub opened_at: SystemTime,
 }
 
-/// Where a page of the queue ends: the next page starts after it.
+/// Where a page of the queue ends: the next page starts after it. Items are ordered by
+/// `(opened_at, order_id, refund)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewCursor {
     pub opened_at: SystemTime,
     pub order_id: String,
+    pub refund: i32,
 }
 
 /// What resolving did.
@@ -43,6 +49,10 @@ pub enum Resolve {
         resolved_by: Option<String>,
     },
     NotFound,
+    /// The item in review is another one than the caller checked (it changed meanwhile).
+    Changed,
+    /// The charge named is already recorded as another attempt's charge.
+    ChargeTaken,
 }
 
 /// An operator's decision, as the store records it.
@@ -61,39 +71,58 @@ pub struct Decision<'a> {
 }
 
 impl Store {
-    /// Up to `limit` open review items after `after`, oldest first.
+    /// Up to `limit` open review items after `after`, oldest first: payment attempts and refunds
+    /// whose outcome is unknown and that nobody resolved (each half read by its partial index).
     pub async fn open_reviews(
         &self,
         after: Option<&ReviewCursor>,
         limit: i64,
     ) -> Result<Vec<ReviewRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT a.order_id, a.number, a.finished_at FROM attempts a \
+        const ITEMS: &str = "SELECT a.order_id, a.number AS attempt, 0 AS refund, \
+                 a.finished_at AS opened_at FROM attempts a \
                  WHERE a.outcome = 'UNKNOWN' AND a.resolution IS NULL \
-                   AND ($1::timestamptz IS NULL OR (a.finished_at, a.order_id) > ($1, $2)) \
-                 ORDER BY a.finished_at, a.order_id LIMIT $3",
-            )
-            .await?;
-        let (at, order) = match after {
-            Some(c) => (Some(c.opened_at), c.order_id.as_str()),
-            None => (None, ""),
+             UNION ALL \
+             SELECT r.order_id, 0 AS attempt, r.number AS refund, r.finished_at AS opened_at \
+                 FROM refunds r WHERE r.outcome = 'UNKNOWN' AND r.resolution IS NULL";
+        let client = self.client().await?;
+        // Two statements rather than `$1 IS NULL OR ...`, so that each can use the index range.
+        let rows = match after {
+            None => {
+                let statement = client
+                    .prepare_cached(&format!(
+                        "SELECT order_id, attempt, refund, opened_at FROM ({ITEMS}) q \
+                         ORDER BY opened_at, order_id, refund LIMIT $1"
+                    ))
+                    .await?;
+                client.query(&statement, &[&limit]).await?
+            }
+            Some(c) => {
+                let statement = client
+                    .prepare_cached(&format!(
+                        "SELECT order_id, attempt, refund, opened_at FROM ({ITEMS}) q \
+                         WHERE (opened_at, order_id, refund) > ($1, $2, $3) \
+                         ORDER BY opened_at, order_id, refund LIMIT $4"
+                    ))
+                    .await?;
+                client
+                    .query(&statement, &[&c.opened_at, &c.order_id, &c.refund, &limit])
+                    .await?
+            }
         };
-        let rows = client.query(&statement, &[&at, &order, &limit]).await?;
         drop(client);
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
             let order_id: String = column(&row, "order_id")?;
-            // The order with every attempt: an operator needs the whole history. A page is small
-            // (at most 100), and this is the back office, not the payment path.
+            // The order with every attempt and refund: an operator needs the whole history. A page
+            // is small (at most 100), and this is the back office, not the payment path.
             let Some(order) = self.get_order(&order_id).await? else {
                 continue;
             };
             items.push(ReviewRecord {
                 order,
-                attempt: column(&row, "number")?,
-                opened_at: column(&row, "finished_at")?,
+                attempt: column(&row, "attempt")?,
+                refund: column(&row, "refund")?,
+                opened_at: column(&row, "opened_at")?,
             });
         }
         Ok(items)
@@ -140,6 +169,10 @@ impl Store {
         let order = order_from_row(&row)?;
         let state = match state_after_resolution(order.state, d.resolution) {
             Ok(state) => state,
+            Err(ResolveRefusal::NotAboutAPayment) => {
+                tx.rollback().await?;
+                return Ok(Resolve::Changed);
+            }
             Err(ResolveRefusal::NotInReview(current)) => {
                 let last = tx
                     .prepare_cached(
@@ -167,7 +200,7 @@ impl Store {
                  RETURNING number",
             )
             .await?;
-        let rows = tx
+        let rows = match tx
             .query(
                 &resolve,
                 &[
@@ -179,7 +212,15 @@ impl Store {
                     &d.attempt,
                 ],
             )
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) if is_charge_taken(&error) => {
+                tx.rollback().await?;
+                return Ok(Resolve::ChargeTaken);
+            }
+            Err(error) => return Err(error.into()),
+        };
         let Some(attempt) = rows
             .iter()
             .map(|r| column::<i32>(r, "number"))
@@ -189,10 +230,7 @@ impl Store {
         else {
             // In review, but not through the attempt the caller checked: decide again.
             tx.rollback().await?;
-            return Ok(Resolve::NotInReview {
-                state: order.state,
-                resolved_by: None,
-            });
+            return Ok(Resolve::Changed);
         };
         let update_order = tx
             .prepare_cached(
@@ -232,4 +270,12 @@ impl Store {
         );
         Ok(Resolve::Resolved { state, attempt })
     }
+}
+
+/// The unique index that keeps one gateway charge the charge of one attempt (migration 0006).
+fn is_charge_taken(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("attempts_one_attempt_per_charge")
+    })
 }
