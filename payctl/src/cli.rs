@@ -79,9 +79,11 @@ pub enum Command {
     Watch(WatchArgs),
     /// List open manual reviews, every page (ListManualReviews).
     Reviews(ReviewsArgs),
-    /// Record a decision on an order in manual review (ResolveManualReview).
+    /// Record a decision on a manual review item: a payment in doubt, or a refund in doubt
+    /// with --refund N (ResolveManualReview).
     Resolve(ResolveArgs),
-    /// Refund a paid order, all of what is left or a part (RefundPayment).
+    /// Refund a paid order, all of what is left or a part (RefundPayment). Running the same
+    /// command again is safe: the default idempotency key is derived from what is asked.
     Refund(RefundArgs),
     /// Stop new payments; in-flight ones finish (PausePayments, admin).
     Pause {
@@ -121,9 +123,12 @@ pub struct PayArgs {
     /// A line item, repeatable: PRODUCT:QTY:UNIT_MINOR (e.g. sku-9:2:625).
     #[arg(long = "item", value_name = "PRODUCT:QTY:UNIT_MINOR")]
     pub items: Vec<String>,
-    /// The request's idempotency key (not the API key); default: a new random UUID, printed
-    /// so the same payment can be retried with it.
-    #[arg(long = "idempotency-key", visible_alias = "key", value_name = "KEY")]
+    /// The payment's idempotency key (not the API key). Default: a new random UUID, printed
+    /// on stderr so that the same payment can be retried with it (a retry with the same key
+    /// joins the first request). A random default is safe here: an order is paid at most once,
+    /// so a second run with a new key is refused while the first attempt is in flight, paid or
+    /// in review, and never charges again.
+    #[arg(long = "idempotency-key", value_name = "KEY")]
     pub idempotency_key: Option<String>,
     /// Wait for the attempt's outcome and show it (exit 5 if it did not charge).
     #[arg(long)]
@@ -160,24 +165,79 @@ pub struct ReviewsArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("decision").required(true).args(["charged", "not_charged"])))]
+#[command(
+    group(
+        ArgGroup::new("decision")
+            .required(true)
+            .args(["charged", "not_charged", "refunded", "not_refunded"])
+    ),
+    after_help = RESOLVE_HELP
+)]
 pub struct ResolveArgs {
     pub order_id: String,
-    /// The money was taken: the order becomes PAID (needs --payment-id).
-    #[arg(long, requires = "payment_id")]
+    /// The payment's money was taken: the order becomes PAID (needs --payment-id).
+    #[arg(
+        long,
+        requires = "payment_id",
+        conflicts_with = "refund",
+        help_heading = "Decision"
+    )]
     pub charged: bool,
-    /// Nothing was taken: the order becomes payable again.
-    #[arg(long)]
+    /// Nothing was taken by the payment: the order becomes payable again.
+    #[arg(long, conflicts_with = "refund", help_heading = "Decision")]
     pub not_charged: bool,
-    /// The gateway's payment id (pi_…) of the charge found.
-    #[arg(long, value_name = "PI", conflicts_with = "not_charged")]
+    /// The refund (--refund N) was made by the gateway (needs --refund-id): it counts as
+    /// refunded.
+    #[arg(long, requires_all = ["refund", "refund_id"], help_heading = "Decision")]
+    pub refunded: bool,
+    /// Nothing was refunded by the refund (--refund N): the order may be refunded again.
+    #[arg(long, requires = "refund", help_heading = "Decision")]
+    pub not_refunded: bool,
+    /// Resolve the order's refund number N (its outcome unknown) rather than its payment;
+    /// `payctl reviews` shows it as "refund N".
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub refund: Option<i32>,
+    /// The gateway's payment id (pi_…) of the charge found, with --charged.
+    // (A `requires` pointing at a member of the decision group is satisfied by any other
+    // member, which conflicts with it: clap's rule. So the other decisions are named.)
+    #[arg(
+        long,
+        value_name = "PI",
+        requires = "charged",
+        conflicts_with_all = ["not_charged", "refunded", "not_refunded"]
+    )]
     pub payment_id: Option<String>,
+    /// The gateway's refund id (re_…) of the refund found, with --refunded.
+    #[arg(
+        long,
+        value_name = "RE",
+        requires = "refunded",
+        conflicts_with_all = ["charged", "not_charged", "not_refunded"],
+        value_parser = parse_refund_id
+    )]
+    pub refund_id: Option<String>,
     /// What was checked and why this decision (recorded with your key id).
     #[arg(long)]
     pub note: String,
 }
 
+const RESOLVE_HELP: &str = "\
+Exactly one decision:
+  payment in doubt:  --charged --payment-id pi_…   or   --not-charged
+  refund N in doubt: --refund N --refunded --refund-id re_…   or   --refund N --not-refunded";
+
+/// A gateway refund id: `re_…` (a payment id `pi_…` here is a mix-up, refused before any call).
+fn parse_refund_id(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    if id.len() > 3 && id.starts_with("re_") && !id.contains(char::is_whitespace) {
+        Ok(id.to_owned())
+    } else {
+        Err(format!("`{text}` is not a gateway refund id (re_…)"))
+    }
+}
+
 #[derive(Debug, Args)]
+#[command(after_help = REFUND_HELP)]
 pub struct RefundArgs {
     pub order_id: String,
     /// Part of the amount (same forms as `pay --amount`); default: everything not yet
@@ -187,12 +247,23 @@ pub struct RefundArgs {
     /// The order's currency, with --amount.
     #[arg(long, requires = "amount")]
     pub currency: Option<String>,
+    /// Why (recorded with the refund, and part of the default idempotency key).
     #[arg(long)]
     pub reason: String,
-    /// The refund's idempotency key (not the API key); default: a new random UUID, printed.
-    #[arg(long = "idempotency-key", visible_alias = "key", value_name = "KEY")]
+    /// The refund's idempotency key (not the API key). Default: derived from what is asked
+    /// (payctl-refund:ORDER:AMOUNT_MINOR|rest:CURRENCY:SHA256(REASON)[..16]) and printed, so
+    /// running the very same command again (after a timeout, say) is safe: it replays the
+    /// first refund and never refunds twice. To make a second refund identical to an earlier
+    /// one on purpose, pass a new --idempotency-key.
+    #[arg(long = "idempotency-key", value_name = "KEY")]
     pub idempotency_key: Option<String>,
 }
+
+const REFUND_HELP: &str = "\
+Re-running the same command is safe: without --idempotency-key the key is derived from the
+order, amount (in minor units, or \"rest\"), currency and reason, and printed on stderr, so a
+second run (after a timeout, say) replays the first refund instead of refunding twice. An
+operator who really wants a second, identical refund passes a new --idempotency-key.";
 
 /// `30s`, `500ms`, `2m`, or plain seconds (`30`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -239,13 +310,21 @@ mod tests {
 
     #[test]
     fn there_is_no_flag_for_the_api_key() {
+        // Nor a `--key` alias of the idempotency key, which would be taken for the API key.
         let cli = Cli::command();
-        for arg in cli.get_arguments() {
-            let long = arg.get_long().unwrap_or_default();
-            assert!(
-                !["key", "api-key", "token"].contains(&long),
-                "--{long} would put the API key in shell history"
-            );
+        let commands = std::iter::once(&cli).chain(cli.get_subcommands());
+        for arg in commands.flat_map(|c| c.get_arguments()) {
+            let longs = arg
+                .get_long_and_visible_aliases()
+                .into_iter()
+                .flatten()
+                .chain(arg.get_all_aliases().into_iter().flatten());
+            for long in longs {
+                assert!(
+                    !["key", "api-key", "token"].contains(&long),
+                    "--{long} would be taken for the API key"
+                );
+            }
         }
     }
 

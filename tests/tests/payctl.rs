@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use booking_sim::psp::{SimConfig, Without};
 use integration_tests::checks::{charges, wait_for};
 use integration_tests::coordinator::{
     ADMIN, OPERATOR, OPERATOR_2, REVIEWER, SERVICE, TestEnv, key_for,
@@ -66,7 +67,7 @@ fn json_error(output: &Output) -> Value {
     serde_json::from_str(line).expect("the error is JSON")
 }
 
-async fn order_state(replica_url: &str, order_id: &str) -> Option<pb::OrderState> {
+async fn get_order(replica_url: &str, order_id: &str) -> Option<pb::Order> {
     let mut client =
         integration_tests::coordinator::client(replica_url, Some(&key_for(OPERATOR))).await;
     client
@@ -75,7 +76,35 @@ async fn order_state(replica_url: &str, order_id: &str) -> Option<pb::OrderState
         })
         .await
         .ok()
-        .map(|o| o.into_inner().state())
+        .map(tonic::Response::into_inner)
+}
+
+async fn order_state(replica_url: &str, order_id: &str) -> Option<pb::OrderState> {
+    get_order(replica_url, order_id).await.map(|o| o.state())
+}
+
+/// (refunds, amount refunded) of an order on the simulator's ledger (as in
+/// tests/tests/refunds.rs).
+async fn ledger_refunds(env: &TestEnv, order_id: &str) -> (usize, u64) {
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    ledger
+        .intents
+        .iter()
+        .filter(|i| i.metadata.get("order_id").map(String::as_str) == Some(order_id))
+        .fold((0, 0), |(n, amount), i| {
+            (n + i.refunds.len(), amount + i.amount_refunded)
+        })
+}
+
+/// The refund idempotency key payctl derived and announced on stderr.
+fn announced_refund_key(output: &Output) -> String {
+    output
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("refund idempotency key: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no refund key announced:\n{}", output.stderr))
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,11 +181,21 @@ async fn pay_wait_then_get_in_tables_and_json() {
     })
     .await;
 
+    // `--key` is no alias of `--idempotency-key` (it would be taken for the API key).
+    let confusable = alice
+        .run(&with(
+            pay_args("ctl-2", "pm_card_visa"),
+            &["--key", "retry-me"],
+        ))
+        .await;
+    assert_exit(&confusable, 2, "--key is not a flag");
+    assert_eq!(order_state(&replica.url, "ctl-2").await, None);
+
     // Retrying with the same idempotency key joins the original: no second charge.
     let again = alice
         .run(&with(
             pay_args("ctl-2", "pm_card_visa"),
-            &["--wait", "--json", "--key", "retry-me"],
+            &["--wait", "--json", "--idempotency-key", "retry-me"],
         ))
         .await;
     assert_exit(&again, 0, "pay --wait --json");
@@ -164,7 +203,7 @@ async fn pay_wait_then_get_in_tables_and_json() {
     let joined = alice
         .run(&with(
             pay_args("ctl-2", "pm_card_visa"),
-            &["--wait", "--json", "--key", "retry-me"],
+            &["--wait", "--json", "--idempotency-key", "retry-me"],
         ))
         .await;
     assert_exit(&joined, 0, "the same request again");
@@ -717,6 +756,275 @@ async fn an_admin_pauses_and_resumes_payments() {
         .await;
     assert_exit(&paid, 0, "pay after resume");
     assert_eq!(charges(&env, "paused-1").await, 1);
+
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_the_same_refund_command_twice_refunds_once() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let alice = Payctl::new(&replica.url, OPERATOR);
+    let carol = Payctl::new(&replica.url, REVIEWER);
+    let paid = alice
+        .run(&with(pay_args("rf-1", "pm_card_visa"), &["--wait"]))
+        .await;
+    assert_exit(&paid, 0, "pay --wait");
+
+    let command = [
+        "refund",
+        "rf-1",
+        "--amount",
+        "100",
+        "--currency",
+        "EUR",
+        "--reason",
+        "r",
+    ];
+    let first = carol.run(&command).await;
+    assert_exit(&first, 0, "refund");
+    let key = announced_refund_key(&first);
+    assert!(key.starts_with("payctl-refund:rf-1:100:EUR:"), "{key}");
+    assert!(
+        first.stdout.contains("refunded    1.00 EUR"),
+        "{}",
+        first.stdout
+    );
+    // The operator's call timed out, say: the very same command again replays the first refund.
+    let second = carol.run(&command).await;
+    assert_exit(&second, 0, "the same refund again");
+    assert_eq!(announced_refund_key(&second), key);
+    assert!(
+        second.stdout.contains("refunded    1.00 EUR"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(ledger_refunds(&env, "rf-1").await, (1, 100), "one refund");
+    // The same amount written in major units is the same request.
+    let same = carol
+        .run(&[
+            "refund",
+            "rf-1",
+            "--amount",
+            "1.00",
+            "--currency",
+            "eur",
+            "--reason",
+            "r",
+        ])
+        .await;
+    assert_exit(&same, 0, "the same refund, amount in major units");
+    assert_eq!(announced_refund_key(&same), key);
+    assert_eq!(ledger_refunds(&env, "rf-1").await, (1, 100), "still one");
+
+    // A second identical refund on purpose takes a key of its own.
+    let on_purpose = carol
+        .run(&with(
+            command.to_vec(),
+            &["--idempotency-key", "rf-1-second-lamp"],
+        ))
+        .await;
+    assert_exit(&on_purpose, 0, "a second refund with its own key");
+    assert!(
+        !on_purpose.stderr.contains("refund idempotency key:"),
+        "{}",
+        on_purpose.stderr
+    );
+    assert!(
+        on_purpose.stdout.contains("refunded    2.00 EUR"),
+        "{}",
+        on_purpose.stdout
+    );
+    assert_eq!(ledger_refunds(&env, "rf-1").await, (2, 200));
+
+    // The rest, twice: one refund of the rest.
+    let rest = ["--json", "refund", "rf-1", "--reason", "order cancelled"];
+    let all = carol.run(&rest).await;
+    assert_exit(&all, 0, "refund the rest");
+    let rest_key = announced_refund_key(&all);
+    assert!(
+        rest_key.starts_with("payctl-refund:rf-1:rest::"),
+        "{rest_key}"
+    );
+    assert_eq!(json_doc(&all)["state"], "ORDER_STATE_REFUNDED");
+    let again = carol.run(&rest).await;
+    assert_exit(&again, 0, "refund the rest again");
+    assert_eq!(announced_refund_key(&again), rest_key);
+    let order = json_doc(&again);
+    assert_eq!(order["state"], "ORDER_STATE_REFUNDED");
+    assert_eq!(order["refunds"].as_array().map(Vec::len), Some(3));
+    assert_eq!(ledger_refunds(&env, "rf-1").await, (3, 1250));
+
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+/// Needs refund review items on the server (ManualReviewItem.refund_number,
+/// RESOLUTION_REFUNDED with ResolveManualReviewRequest.refund_number and gateway_refund_id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_in_doubt_is_reviewed_and_resolved_refunded() {
+    // A gateway without idempotency: a refund whose answer is lost cannot be replayed safely
+    // (a replay could refund twice), so its outcome stays unknown.
+    let env = TestEnv::with_sim(SimConfig {
+        without: Without {
+            idempotency: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let replica = env
+        .replica("r0", &["--gateway-capabilities", "lookup,cancel"])
+        .await;
+    let alice = Payctl::new(&replica.url, OPERATOR);
+    let carol = Payctl::new(&replica.url, REVIEWER);
+    let paid = alice
+        .run(&with(pay_args("rfr-1", "pm_card_visa"), &["--wait"]))
+        .await;
+    assert_exit(&paid, 0, "pay --wait");
+    assert_eq!(charges(&env, "rfr-1").await, 1);
+
+    // The gateway refunds, and the connection drops before its answer.
+    env.sim_control
+        .set_faults(json!({ "next": ["drop_after_charge"], "operations": ["refund"] }))
+        .await
+        .expect("faults");
+    let asked = carol
+        .run(&["refund", "rfr-1", "--reason", "customer returned it"])
+        .await;
+    // Answered with the order (the refund in doubt is shown, not an error of payctl's).
+    assert_exit(&asked, 0, "refund whose answer is lost");
+    let order = wait_for("refund 1 of rfr-1 is in doubt", async || {
+        get_order(&replica.url, "rfr-1")
+            .await
+            .filter(|o| o.refunds.first().map(|r| r.outcome()) == Some(pb::RefundOutcome::Unknown))
+    })
+    .await;
+    assert_eq!(order.refunds.len(), 1);
+    assert_eq!(
+        ledger_refunds(&env, "rfr-1").await,
+        (1, 1250),
+        "refunded once"
+    );
+
+    let shown = carol.run(&["get", "rfr-1"]).await;
+    assert_exit(&shown, 0, "get");
+    for needle in [
+        "UNKNOWN",
+        "refund 1 outcome UNKNOWN: in manual review",
+        "payctl resolve rfr-1 --refund 1 --refunded --refund-id re_",
+    ] {
+        assert!(
+            shown.stdout.contains(needle),
+            "{needle} in\n{}",
+            shown.stdout
+        );
+    }
+
+    let table = carol.run(&["reviews"]).await;
+    assert_exit(&table, 0, "reviews");
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("rfr-1"))
+        .unwrap_or_else(|| panic!("a row for rfr-1:\n{}", table.stdout));
+    assert!(row.contains("refund 1"), "{row}");
+    assert!(row.contains("12.50 EUR"), "{row}");
+    assert!(
+        table.stdout.contains("1 open manual review "),
+        "{}",
+        table.stdout
+    );
+
+    let csv = carol.run(&["reviews", "--csv"]).await;
+    assert_exit(&csv, 0, "reviews --csv");
+    let header = csv.stdout.lines().next().expect("header");
+    assert!(
+        header.starts_with("order_id,customer_id,amount_minor,currency,"),
+        "{header}"
+    );
+    assert!(
+        header.ends_with(",last_sequence,kind,refund_number,refund_amount_minor"),
+        "{header}"
+    );
+    assert!(
+        csv.stdout.contains(",refund,1,1250\n"),
+        "kind, refund number and amount in\n{}",
+        csv.stdout
+    );
+    assert!(csv.stdout.contains("refund:rfr-1:1"), "{}", csv.stdout);
+
+    let listed = carol.run(&["--json", "reviews"]).await;
+    assert_exit(&listed, 0, "reviews --json");
+    let items = json_doc(&listed)["items"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    assert_eq!(items[0]["kind"], "refund");
+    assert_eq!(items[0]["refund_number"], 1);
+    assert_eq!(items[0]["amount_in_doubt"]["amount_minor"], 1250);
+
+    // A payment decision for a refund is a usage error, before any call.
+    let wrong = carol
+        .run(&[
+            "resolve",
+            "rfr-1",
+            "--refund",
+            "1",
+            "--charged",
+            "--payment-id",
+            "pi_x",
+            "--note",
+            "n",
+        ])
+        .await;
+    assert_exit(&wrong, 2, "--charged with --refund");
+
+    // The reviewer finds the refund on the gateway and records it.
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    let refund_id = ledger
+        .intents
+        .iter()
+        .find(|i| i.metadata.get("order_id").map(String::as_str) == Some("rfr-1"))
+        .and_then(|i| i.refunds.first())
+        .map(|r| r.id.clone())
+        .expect("rfr-1's refund on the gateway");
+    let resolved = carol
+        .run(&[
+            "resolve",
+            "rfr-1",
+            "--refund",
+            "1",
+            "--refunded",
+            "--refund-id",
+            &refund_id,
+            "--note",
+            "refund seen on the gateway dashboard",
+        ])
+        .await;
+    assert_exit(&resolved, 0, "resolve --refunded");
+    for needle in [
+        "state       REFUNDED",
+        "refunded    12.50 EUR",
+        &format!("refund 1 resolved REFUNDED by {REVIEWER}"),
+        "refund seen on the gateway dashboard",
+    ] {
+        assert!(
+            resolved.stdout.contains(needle),
+            "{needle} in\n{}",
+            resolved.stdout
+        );
+    }
+    let as_json = carol.run(&["--json", "get", "rfr-1"]).await;
+    let order = json_doc(&as_json);
+    assert_eq!(order["refunds"][0]["resolution"], "RESOLUTION_REFUNDED");
+    assert_eq!(order["refunds"][0]["resolved_by"], REVIEWER);
+    let empty = carol.run(&["reviews"]).await;
+    assert!(
+        empty.stdout.contains("no open manual reviews"),
+        "{}",
+        empty.stdout
+    );
+    assert_eq!(ledger_refunds(&env, "rfr-1").await, (1, 1250), "still once");
 
     replica.stop().await;
     env.cleanup().await;

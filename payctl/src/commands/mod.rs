@@ -42,13 +42,3 @@ pub async fn run(cli: &Cli) -> Result<Exit, Failure> {
 async fn connect(cli: &Cli) -> Result<Conn, Failure> {
     Conn::connect(&cli.server, cli.key_file.as_deref(), cli.timeout).await
 }
-
-/// A new idempotency key, announced on stderr so that the operator can retry the very same
-/// request with it (a retry with the same key joins or replays, never charges twice).
-fn new_idempotency_key(what: &str) -> String {
-    let key = uuid::Uuid::new_v4().to_string();
-    eprintln!(
-        "{what} idempotency key: {key} (to retry this exact request: --idempotency-key {key})"
-    );
-    key
-}

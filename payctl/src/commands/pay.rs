@@ -9,7 +9,7 @@ use serde_json::json;
 use tonic::Status;
 use tonic_types::StatusExt;
 
-use super::{follow, get::print_order, new_idempotency_key};
+use super::{follow, get::print_order};
 use crate::{
     cli::PayArgs,
     client::Conn,
@@ -44,6 +44,19 @@ pub fn prepare(args: &PayArgs) -> Result<pb::ProcessPaymentRequest, Failure> {
         idempotency_key,
         wait_for_outcome: args.wait,
     })
+}
+
+/// A new random idempotency key, announced on stderr so that the operator can retry the very
+/// same request with it (a retry with the same key joins the first, never charges twice).
+/// Random is safe for a payment, unlike a refund (see `refund::default_key`): an order is paid
+/// at most once, so a second run with another key is refused (ALREADY_PAID, or
+/// PAYMENT_IN_PROGRESS while the first is in flight) and never reaches the gateway.
+fn new_idempotency_key(what: &str) -> String {
+    let key = uuid::Uuid::new_v4().to_string();
+    eprintln!(
+        "{what} idempotency key: {key} (to retry this exact request: --idempotency-key {key})"
+    );
+    key
 }
 
 /// `PRODUCT:QTY:UNIT_MINOR`; the product id may itself contain `:`.

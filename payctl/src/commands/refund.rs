@@ -1,9 +1,14 @@
 //! `payctl refund ORDER_ID [--amount A --currency CUR] --reason … [--idempotency-key K]`:
 //! compensates a paid order through the gateway (without --amount: all not yet refunded).
+//!
+//! The default idempotency key is derived from what is asked, never random: an operator whose
+//! call timed out runs the same command again, and the coordinator replays the first refund
+//! instead of making a second one. A second identical refund needs an explicit new key.
 
 use payments_proto::v1 as pb;
+use sha2::{Digest, Sha256};
 
-use super::{get::print_order, new_idempotency_key};
+use super::get::print_order;
 use crate::{
     cli::RefundArgs,
     client::Conn,
@@ -28,7 +33,15 @@ pub fn prepare(args: &RefundArgs) -> Result<pb::RefundPaymentRequest, Failure> {
     };
     let idempotency_key = match &args.idempotency_key {
         Some(key) => key.clone(),
-        None => new_idempotency_key("refund"),
+        None => {
+            let key = default_key(&args.order_id, amount.as_ref(), &args.reason);
+            eprintln!(
+                "refund idempotency key: {key} (derived from the order, amount, currency and \
+                 reason: running this same command again replays this refund, never refunds \
+                 twice; for a second identical refund pass a new --idempotency-key)"
+            );
+            key
+        }
     };
     Ok(pb::RefundPaymentRequest {
         order_id: args.order_id.clone(),
@@ -36,6 +49,20 @@ pub fn prepare(args: &RefundArgs) -> Result<pb::RefundPaymentRequest, Failure> {
         reason: args.reason.clone(),
         idempotency_key,
     })
+}
+
+/// `payctl-refund:{order}:{amount_minor|rest}:{currency}:{sha256(reason)[..16]}`: the same
+/// request (amount compared in minor units, so `1.00` and `100` EUR agree) gives the same key.
+pub fn default_key(order_id: &str, amount: Option<&pb::Money>, reason: &str) -> String {
+    let (minor, currency) = amount.map_or_else(
+        || ("rest".to_owned(), ""),
+        |m| (m.amount_minor.to_string(), m.currency.as_str()),
+    );
+    let digest = hex::encode(Sha256::digest(reason.as_bytes()));
+    format!(
+        "payctl-refund:{order_id}:{minor}:{currency}:{}",
+        &digest[..16]
+    )
 }
 
 pub async fn run(
@@ -48,4 +75,110 @@ pub async fn run(
         .await?;
     print_order(&order, as_json)?;
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn prepared(args: &[&str]) -> pb::RefundPaymentRequest {
+        let cli = Cli::try_parse_from(["payctl", "refund"].iter().chain(args)).unwrap();
+        let crate::cli::Command::Refund(args) = cli.command else {
+            unreachable!()
+        };
+        prepare(&args).unwrap()
+    }
+
+    #[test]
+    fn the_default_key_is_derived_from_the_request() {
+        let first = prepared(&[
+            "o-1",
+            "--amount",
+            "100",
+            "--currency",
+            "eur",
+            "--reason",
+            "r",
+        ]);
+        let digest = hex::encode(Sha256::digest(b"r"));
+        assert_eq!(
+            first.idempotency_key,
+            format!("payctl-refund:o-1:100:EUR:{}", &digest[..16])
+        );
+        // The same request, however the amount is written: the same key.
+        let again = prepared(&[
+            "o-1",
+            "--amount",
+            "1.00",
+            "--currency",
+            "EUR",
+            "--reason",
+            "r",
+        ]);
+        assert_eq!(again.idempotency_key, first.idempotency_key);
+        // Anything else asked: another key.
+        for other in [
+            prepared(&[
+                "o-2",
+                "--amount",
+                "100",
+                "--currency",
+                "EUR",
+                "--reason",
+                "r",
+            ]),
+            prepared(&[
+                "o-1",
+                "--amount",
+                "101",
+                "--currency",
+                "EUR",
+                "--reason",
+                "r",
+            ]),
+            prepared(&[
+                "o-1",
+                "--amount",
+                "100",
+                "--currency",
+                "USD",
+                "--reason",
+                "r",
+            ]),
+            prepared(&[
+                "o-1",
+                "--amount",
+                "100",
+                "--currency",
+                "EUR",
+                "--reason",
+                "r2",
+            ]),
+            prepared(&["o-1", "--reason", "r"]),
+        ] {
+            assert_ne!(other.idempotency_key, first.idempotency_key);
+        }
+        let rest = prepared(&["o-1", "--reason", "r"]);
+        assert_eq!(
+            rest.idempotency_key,
+            format!("payctl-refund:o-1:rest::{}", &digest[..16])
+        );
+        assert!(rest.amount.is_none());
+    }
+
+    #[test]
+    fn an_explicit_key_wins() {
+        let explicit = prepared(&["o-1", "--reason", "r", "--idempotency-key", "second"]);
+        assert_eq!(explicit.idempotency_key, "second");
+    }
+
+    #[test]
+    fn the_key_flag_is_gone() {
+        assert!(
+            Cli::try_parse_from(["payctl", "refund", "o-1", "--reason", "r", "--key", "k"])
+                .is_err()
+        );
+    }
 }

@@ -2,6 +2,11 @@
 //! handling. The `csv` crate does the quoting (commas, quotes, newlines inside a field). Lists
 //! inside a cell: identifiers joined with `;`, free text (errors, actions) with ` | `.
 //!
+//! The columns of an earlier version keep their places; later ones are appended: `kind`
+//! (`payment`: the attempt `attempt_number` is in doubt; `refund`: refund `refund_number` of
+//! the order is, for `refund_amount_minor`, its keys, payment ids, errors and actions in the
+//! item's columns), so a script reading columns by position keeps working.
+//!
 //! Free-text cells are opened in spreadsheets, so one that starts like a formula (`=`, `+`,
 //! `-`, `@`, tab, carriage return) is prefixed with `'` (OWASP "CSV injection"): error messages
 //! come from the gateway and reasons from the coordinator, and must never run as formulas.
@@ -10,9 +15,9 @@ use std::io::Write;
 
 use payments_proto::v1 as pb;
 
-use super::{items, time_rfc3339};
+use super::{items, review_kind, review_refund, time_rfc3339};
 
-pub const HEADER: [&str; 15] = [
+pub const HEADER: [&str; 18] = [
     "order_id",
     "customer_id",
     "amount_minor",
@@ -28,6 +33,9 @@ pub const HEADER: [&str; 15] = [
     "error_history",
     "actions_tried",
     "last_sequence",
+    "kind",
+    "refund_number",
+    "refund_amount_minor",
 ];
 
 /// A free-text cell that cannot be taken for a spreadsheet formula.
@@ -38,7 +46,7 @@ fn text(cell: &str) -> String {
     }
 }
 
-fn row(item: &pb::ManualReviewItem) -> [String; 15] {
+fn row(item: &pb::ManualReviewItem) -> [String; 18] {
     let order = item.order.clone().unwrap_or_default();
     let (amount_minor, currency) = order
         .amount
@@ -71,6 +79,12 @@ fn row(item: &pb::ManualReviewItem) -> [String; 15] {
         text(&errors),
         text(&item.actions_tried.join(" | ")),
         order.last_sequence.to_string(),
+        review_kind(item).to_owned(),
+        item.refund_number.to_string(),
+        review_refund(item)
+            .and_then(|r| r.amount.as_ref())
+            .map(|m| m.amount_minor.to_string())
+            .unwrap_or_default(),
     ]
 }
 
@@ -134,5 +148,61 @@ mod tests {
         assert_eq!(&r[10], "pay:o-1:1:create;pay:o-1:1:confirm");
         assert_eq!(&r[12], "create: timeout,\nno answer");
         assert_eq!(&r[13], "lookup | cancel");
+    }
+
+    #[test]
+    fn a_refund_item_says_which_refund_and_how_much() {
+        let order = pb::Order {
+            order_id: "o-1".into(),
+            amount: Some(pb::Money {
+                amount_minor: 1250,
+                currency: "EUR".into(),
+            }),
+            refunds: vec![pb::Refund {
+                number: 2,
+                amount: Some(pb::Money {
+                    amount_minor: 300,
+                    currency: "EUR".into(),
+                }),
+                outcome: pb::RefundOutcome::Unknown.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let refund = pb::ManualReviewItem {
+            order: Some(order.clone()),
+            refund_number: 2,
+            gateway_idempotency_keys: vec!["refund:o-1:2".into()],
+            ..Default::default()
+        };
+        let payment = pb::ManualReviewItem {
+            order: Some(order),
+            attempt_number: 1,
+            ..Default::default()
+        };
+        let mut buffer = Vec::new();
+        reviews(&mut buffer, &[payment, refund]).unwrap();
+        let mut reader = csv::Reader::from_reader(buffer.as_slice());
+        let headers = reader.headers().unwrap().clone();
+        let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let records: Vec<_> = reader.records().map(Result::unwrap).collect();
+        let (kind, number, amount) = (
+            column("kind"),
+            column("refund_number"),
+            column("refund_amount_minor"),
+        );
+        assert_eq!(
+            (&records[0][kind], &records[0][number], &records[0][amount]),
+            ("payment", "0", "")
+        );
+        assert_eq!(
+            (&records[1][kind], &records[1][number], &records[1][amount]),
+            ("refund", "2", "300")
+        );
+        assert_eq!(&records[1][column("amount_minor")], "1250");
+        assert_eq!(
+            &records[1][column("gateway_idempotency_keys")],
+            "refund:o-1:2"
+        );
     }
 }

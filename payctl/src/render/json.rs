@@ -5,7 +5,7 @@
 use payments_proto::v1 as pb;
 use serde_json::{Value, json};
 
-use super::{amount as display, time_rfc3339};
+use super::{amount as display, review_amount, review_kind, time_rfc3339};
 
 pub fn money(m: Option<&pb::Money>) -> Value {
     match m {
@@ -67,6 +67,10 @@ pub fn refund(r: &pb::Refund) -> Value {
         "finished_at": time_rfc3339(r.finished_at.as_ref()),
         "gateway_idempotency_key": r.gateway_idempotency_key,
         "errors": r.errors.iter().map(error).collect::<Vec<_>>(),
+        "resolution": r.resolution().as_str_name(),
+        "resolved_by": r.resolved_by,
+        "resolved_at": time_rfc3339(r.resolved_at.as_ref()),
+        "resolution_note": r.resolution_note,
     })
 }
 
@@ -114,8 +118,13 @@ pub fn payments_status(s: &pb::PaymentsStatus) -> Value {
     })
 }
 
+/// A review item as the proto has it, plus `kind` (`payment` or `refund`) and, for a refund,
+/// `amount_in_doubt` (the refund's amount; for a payment the order's).
 pub fn review(r: &pb::ManualReviewItem) -> Value {
     json!({
+        "kind": review_kind(r),
+        "refund_number": r.refund_number,
+        "amount_in_doubt": money(review_amount(r)),
         "order": r.order.as_ref().map(order),
         "attempt_number": r.attempt_number,
         "operator_id": r.operator_id,

@@ -88,6 +88,36 @@ pub fn breaker(b: pb::BreakerState) -> &'static str {
     short(b.as_str_name(), "BREAKER_STATE_")
 }
 
+/// The refund a review item is about (`refund_number` above 0), found in its order by number.
+pub fn review_refund(item: &pb::ManualReviewItem) -> Option<&pb::Refund> {
+    if item.refund_number <= 0 {
+        return None;
+    }
+    item.order
+        .as_ref()?
+        .refunds
+        .iter()
+        .find(|r| r.number == item.refund_number)
+}
+
+/// What a review item is about: `payment` (an attempt in doubt) or `refund` (a refund in doubt).
+pub fn review_kind(item: &pb::ManualReviewItem) -> &'static str {
+    if item.refund_number > 0 {
+        "refund"
+    } else {
+        "payment"
+    }
+}
+
+/// The amount in doubt of a review item: the refund's for a refund, else the order's.
+pub fn review_amount(item: &pb::ManualReviewItem) -> Option<&pb::Money> {
+    if item.refund_number > 0 {
+        review_refund(item).and_then(|r| r.amount.as_ref())
+    } else {
+        item.order.as_ref().and_then(|o| o.amount.as_ref())
+    }
+}
+
 /// `text` cut to `max` characters (an ellipsis marks the cut), on one line.
 pub fn truncate(text: &str, max: usize) -> String {
     let one_line = one_line(text);

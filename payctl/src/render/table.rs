@@ -6,7 +6,7 @@ use comfy_table::{CellAlignment, Table, presets};
 use payments_proto::v1 as pb;
 
 use super::{amount, breaker, cause, kind, one_line, outcome, refund_outcome, resolution, state};
-use super::{items as item_list, time, truncate};
+use super::{items as item_list, review_amount, time, truncate};
 use crate::money;
 
 /// Characters of a review's reason shown in the table (`--csv` has all of it).
@@ -32,6 +32,15 @@ fn align_right(table: &mut Table, columns: &[usize]) {
 
 fn or_dash(text: &str) -> &str {
     if text.is_empty() { "-" } else { text }
+}
+
+/// A reviewer's note after a colon, on one line (nothing without a note).
+fn note(text: &str) -> String {
+    if text.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", one_line(text))
+    }
 }
 
 /// An attempt's decline code and failure message, on one line.
@@ -129,11 +138,7 @@ pub fn order(order: &pb::Order) -> String {
                     resolution(a.resolution()),
                     or_dash(&a.resolved_by),
                     time(a.resolved_at.as_ref()),
-                    if a.resolution_note.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", one_line(&a.resolution_note))
-                    }
+                    note(&a.resolution_note)
                 );
             }
         }
@@ -152,10 +157,18 @@ pub fn order(order: &pb::Order) -> String {
             "failure",
         ]);
         for r in &order.refunds {
+            let ended = match r.resolution() {
+                pb::Resolution::Unspecified => refund_outcome(r.outcome()).to_owned(),
+                decided => format!(
+                    "{} (resolved {})",
+                    refund_outcome(r.outcome()),
+                    resolution(decided)
+                ),
+            };
             t.add_row([
                 r.number.to_string(),
                 amount(r.amount.as_ref()),
-                refund_outcome(r.outcome()).to_owned(),
+                ended,
                 one_line(&r.reason),
                 r.requested_by.clone(),
                 time(r.requested_at.as_ref()),
@@ -178,6 +191,26 @@ pub fn order(order: &pb::Order) -> String {
                         one_line(&e.message)
                     );
                 }
+            }
+            if r.resolution() != pb::Resolution::Unspecified {
+                let _ = writeln!(
+                    s,
+                    "\nrefund {} resolved {} by {} at {}{}",
+                    r.number,
+                    resolution(r.resolution()),
+                    or_dash(&r.resolved_by),
+                    time(r.resolved_at.as_ref()),
+                    note(&r.resolution_note)
+                );
+            } else if r.outcome() == pb::RefundOutcome::Unknown {
+                let _ = writeln!(
+                    s,
+                    "\nrefund {n} outcome UNKNOWN: in manual review; once checked on the gateway:\n  \
+                     payctl resolve {o} --refund {n} --refunded --refund-id re_… --note …\n  \
+                     payctl resolve {o} --refund {n} --not-refunded --note …",
+                    n = r.number,
+                    o = order.order_id,
+                );
             }
         }
     }
@@ -235,28 +268,35 @@ pub fn payments_status(st: &pb::PaymentsStatus) -> String {
     s
 }
 
-/// Open reviews, oldest first as the server lists them; the reason is cut (see `--csv`).
+/// Open reviews, oldest first as the server lists them; the reason is cut (see `--csv`). The
+/// kind says what is in doubt: the payment (its attempt) or refund N (its amount is shown).
 pub fn reviews(items: &[pb::ManualReviewItem]) -> String {
     if items.is_empty() {
         return "no open manual reviews".to_owned();
     }
     let mut t = table(&[
-        "opened", "order", "customer", "amount", "items", "attempt", "operator", "reason",
+        "opened", "order", "kind", "customer", "amount", "items", "attempt", "operator", "reason",
     ]);
     for item in items {
         let order = item.order.clone().unwrap_or_default();
+        let (kind, attempt) = if item.refund_number > 0 {
+            (format!("refund {}", item.refund_number), "-".to_owned())
+        } else {
+            ("payment".to_owned(), item.attempt_number.to_string())
+        };
         t.add_row([
             time(item.opened_at.as_ref()),
-            order.order_id,
-            order.customer_id,
-            amount(order.amount.as_ref()),
+            order.order_id.clone(),
+            kind,
+            order.customer_id.clone(),
+            amount(review_amount(item)),
             truncate(&item_list(&order.items), 30),
-            item.attempt_number.to_string(),
+            attempt,
             item.operator_id.clone(),
             truncate(&item.reason, REASON_WIDTH),
         ]);
     }
-    align_right(&mut t, &[3, 5]);
+    align_right(&mut t, &[4, 6]);
     format!(
         "{t}\n{} open manual review{} (payctl reviews --csv for every detail)",
         items.len(),
@@ -367,5 +407,70 @@ mod tests {
         assert!(text.contains('…'));
         assert!(!text.contains(&"x".repeat(REASON_WIDTH)));
         assert!(text.contains("1 open manual review "));
+    }
+
+    fn sample_refund(number: i32, outcome: pb::RefundOutcome) -> pb::Refund {
+        pb::Refund {
+            number,
+            amount: Some(pb::Money {
+                amount_minor: 250,
+                currency: "EUR".into(),
+            }),
+            reason: "one item returned".into(),
+            outcome: outcome.into(),
+            requested_by: "rev-carol".into(),
+            gateway_idempotency_key: format!("refund:o-1:{number}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refund_review_shows_its_kind_and_the_refund_amount() {
+        let mut order = sample_order();
+        order.refunds = vec![sample_refund(1, pb::RefundOutcome::Unknown)];
+        let refund = pb::ManualReviewItem {
+            order: Some(order),
+            attempt_number: 1,
+            operator_id: "rev-carol".into(),
+            reason: "refund answer lost".into(),
+            refund_number: 1,
+            ..Default::default()
+        };
+        let payment = pb::ManualReviewItem {
+            order: Some(sample_order()),
+            attempt_number: 1,
+            operator_id: "op-alice".into(),
+            reason: "create answer lost".into(),
+            ..Default::default()
+        };
+        let text = reviews(&[payment, refund]);
+        let lines: Vec<&str> = text.lines().collect();
+        let refund_line = lines.iter().find(|l| l.contains("refund 1")).expect(&text);
+        assert!(refund_line.contains("2.50 EUR"), "{text}");
+        assert!(!refund_line.contains("12.50 EUR"), "{text}");
+        let payment_line = lines.iter().find(|l| l.contains("payment")).expect(&text);
+        assert!(payment_line.contains("12.50 EUR"), "{text}");
+        assert!(text.contains("2 open manual reviews"), "{text}");
+    }
+
+    #[test]
+    fn refunds_in_doubt_and_their_resolutions_are_shown() {
+        let mut order = sample_order();
+        let mut resolved = sample_refund(1, pb::RefundOutcome::Succeeded);
+        resolved.resolution = pb::Resolution::Refunded.into();
+        resolved.resolved_by = "rev-carol".into();
+        resolved.resolution_note = "re_1 on the dashboard".into();
+        resolved.gateway_refund_id = "re_1".into();
+        order.refunds = vec![resolved, sample_refund(2, pb::RefundOutcome::Unknown)];
+        let text = super::order(&order);
+        for needle in [
+            "SUCCEEDED (resolved REFUNDED)",
+            "refund 1 resolved REFUNDED by rev-carol at -: re_1 on the dashboard",
+            "refund 2 outcome UNKNOWN: in manual review",
+            "payctl resolve o-1 --refund 2 --refunded --refund-id re_…",
+            "payctl resolve o-1 --refund 2 --not-refunded",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
     }
 }
