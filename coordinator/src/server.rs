@@ -24,6 +24,9 @@ use crate::{
     store::{Store, StoreError},
 };
 
+/// Streams a client may have reset before the server accepted them, per connection, before the
+/// connection is closed (h2's defence against rapid-reset floods; its default is 20).
+const MAX_PENDING_RESET_STREAMS: usize = 1024;
 /// PostgreSQL connections per replica.
 const POOL_SIZE: usize = 16;
 /// How often health re-checks PostgreSQL.
@@ -228,6 +231,11 @@ impl Application {
         tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, "coordinator listening");
         let mut server = Box::pin(
             tonic::transport::Server::builder()
+                // Callers cancel calls whose deadline passed (RST_STREAM); h2's default (20 such
+                // resets pending at once) then closes the whole connection, failing every other
+                // call on it. Rapid-reset floods stay bounded by this limit and the per-caller
+                // rate limits.
+                .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
                 .layer(AuthLayer::new(self.keys).with_rate_limits(self.limits))
                 .add_service(health_service)
                 .add_service(reflection)
