@@ -147,6 +147,11 @@ impl Drain {
         self.give_up.cancel();
     }
 
+    /// Returns once the grace period is over.
+    pub(crate) async fn given_up(&self) {
+        self.give_up.cancelled().await;
+    }
+
     /// Attempt tasks (new or recovered) running now.
     pub fn running(&self) -> usize {
         *self.running.borrow()
@@ -166,10 +171,10 @@ impl Drain {
 }
 
 /// Counts one running task in [`Drain::running`] while it lives.
-struct Running(Arc<watch::Sender<usize>>);
+pub(crate) struct Running(Arc<watch::Sender<usize>>);
 
 impl Running {
-    fn enter(drain: &Drain) -> Self {
+    pub(crate) fn enter(drain: &Drain) -> Self {
         drain.running.send_modify(|n| *n += 1);
         Self(Arc::clone(&drain.running))
     }
