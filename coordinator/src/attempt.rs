@@ -23,7 +23,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    domain::{AttemptOutcome, breaker::CallHealth},
+    domain::{
+        AttemptOutcome,
+        breaker::{CallHealth, ProbeRound},
+    },
     journal::{Hold, Journal, Written, describe, write_outcome},
     lease::{Lease, Leases},
     recovery::{Case, Learnt},
@@ -38,9 +41,9 @@ pub struct AttemptJob {
     pub payment_method: String,
     pub operator_id: String,
     pub lease: Option<Lease>,
-    /// Admitted as a probe of the half-open circuit breaker: its charging calls decide whether
-    /// the breaker closes.
-    pub probe: bool,
+    /// Admitted as a probe of the half-open circuit breaker (in this round): its charging calls
+    /// decide whether the breaker closes, if the round is still the current one when it reports.
+    pub probe: Option<ProbeRound>,
 }
 
 /// Where one attempt's outcome is announced to callers waiting on this replica
@@ -318,14 +321,16 @@ impl Runner {
     fn observe<T>(&self, job: &AttemptJob, step: &str, outcome: &Outcome<T>, last: bool) {
         let health = crate::domain::breaker::classify(outcome);
         self.gate.record(health);
-        if job.probe {
+        if let Some(round) = job.probe {
             match health {
-                CallHealth::Failed => self
-                    .gate
-                    .probe_finished(false, format!("{step}: {}", outcome.kind())),
-                CallHealth::Healthy if last => self
-                    .gate
-                    .probe_finished(true, format!("{step}: {}", outcome.kind())),
+                CallHealth::Failed => {
+                    self.gate
+                        .probe_finished(round, false, format!("{step}: {}", outcome.kind()))
+                }
+                CallHealth::Healthy if last => {
+                    self.gate
+                        .probe_finished(round, true, format!("{step}: {}", outcome.kind()))
+                }
                 CallHealth::Healthy => {}
             }
         }

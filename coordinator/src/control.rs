@@ -19,7 +19,9 @@
 //!   counts while the breaker is closed, and is cleared whenever the breaker changes state, so
 //!   failures from before an opening cannot re-open it right after it closes.
 //! - **Probes.** An attempt admitted as a probe reports whether its charging calls were healthy:
-//!   healthy closes the breaker, a failure opens it again for a new cool-down. Those writes are
+//!   healthy closes the breaker, a failure opens it again for a new cool-down. Each report names
+//!   the half-open round its probe was let through in (`ProbeRound`, the round's `probe_at` read
+//!   back from the claim): a late report from an earlier round changes nothing. Those writes are
 //!   handed to the task, so an attempt never waits on them.
 //!
 //! Attempts already committed are never stopped by the gate: it is asked only before a new
@@ -35,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::breaker::{
     Admit, Breaker, BreakerPolicy, BreakerState, CallHealth, Change, Control, Counts, Paused,
-    Window,
+    ProbeRound, Window,
 };
 use crate::error::Error;
 use crate::store::{CONTROL_CHANNEL, Store, StoreError, session_config};
@@ -55,15 +57,30 @@ pub const LISTENER_APPLICATION_NAME: &str = "coordinator-payments-control";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     Normal,
-    /// Its charging calls decide whether the breaker closes (`PaymentsGate::probe_finished`).
-    Probe,
+    /// Its charging calls decide whether the breaker closes (`PaymentsGate::probe_finished`), if
+    /// its round is still the current one when it reports.
+    Probe(ProbeRound),
+}
+
+impl Admission {
+    /// The half-open round of a probe; `None` for a normal payment.
+    pub fn probe_round(self) -> Option<ProbeRound> {
+        match self {
+            Admission::Normal => None,
+            Admission::Probe(round) => Some(round),
+        }
+    }
 }
 
 /// Work for the gate's task (writes the attempt tasks must not wait for).
 #[derive(Debug)]
 enum Command {
     Trip(Counts),
-    ProbeFinished { healthy: bool, what: String },
+    ProbeFinished {
+        round: ProbeRound,
+        healthy: bool,
+        what: String,
+    },
 }
 
 /// The gate: a cheap-to-clone handle.
@@ -146,12 +163,19 @@ impl PaymentsGate {
                     .await?;
                 match claimed {
                     Some((control, _)) => {
-                        let left = match control.breaker {
-                            Breaker::HalfOpen { probes_left, .. } => probes_left,
-                            _ => 0,
+                        let Breaker::HalfOpen {
+                            probes_left,
+                            probe_at,
+                            ..
+                        } = control.breaker
+                        else {
+                            // `claim_probe` only ever writes HALF_OPEN.
+                            return Err(Error::Internal(
+                                "a claimed probe slot left the breaker not half-open".to_owned(),
+                            ));
                         };
-                        tracing::info!(replica = %self.inner.replica, probes_left_in_round = left, "gateway circuit breaker half-open: this payment is a probe");
-                        Ok(Admission::Probe)
+                        tracing::info!(replica = %self.inner.replica, probes_left_in_round = probes_left, round = %crate::error::rfc3339(probe_at), "gateway circuit breaker half-open: this payment is a probe");
+                        Ok(Admission::Probe(ProbeRound(probe_at)))
                     }
                     // Decided on a fresh read: no slot (or closed meanwhile).
                     None => match self.cached().paused() {
@@ -190,10 +214,14 @@ impl PaymentsGate {
         }
     }
 
-    /// A probe payment's charging calls are over: `healthy` closes the breaker, a failure
-    /// (`what`) opens it again. Never waits.
-    pub fn probe_finished(&self, healthy: bool, what: String) {
-        self.send(Command::ProbeFinished { healthy, what });
+    /// A probe payment of `round` is over: `healthy` closes the breaker, a failure (`what`)
+    /// opens it again, if `round` is still the current half-open round. Never waits.
+    pub fn probe_finished(&self, round: ProbeRound, healthy: bool, what: String) {
+        self.send(Command::ProbeFinished {
+            round,
+            healthy,
+            what,
+        });
     }
 
     /// What this replica enforces (for `GetPaymentsStatus`): the cached row, behind PostgreSQL
@@ -356,29 +384,41 @@ impl PaymentsGate {
                     }
                 }
             }
-            Command::ProbeFinished { healthy: true, .. } => {
-                match self.transition(&actor, |c, _| c.probe_succeeded()).await {
+            Command::ProbeFinished {
+                round,
+                healthy: true,
+                ..
+            } => {
+                match self
+                    .transition(&actor, |c, _| c.probe_succeeded(round))
+                    .await
+                {
                     Ok(Some(_)) => {
                         tracing::info!(%replica, "gateway circuit breaker closed by a healthy probe payment")
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        tracing::info!(%replica, round = %crate::error::rfc3339(round.0), "healthy probe of a round that is over: changes nothing")
+                    }
                     Err(error) => {
                         tracing::error!(%replica, %error, "could not close the gateway circuit breaker after a healthy probe")
                     }
                 }
             }
             Command::ProbeFinished {
+                round,
                 healthy: false,
                 what,
             } => {
                 match self
-                    .transition(&actor, |c, now| c.probe_failed(&what, &policy, now))
+                    .transition(&actor, |c, now| c.probe_failed(round, &what, &policy, now))
                     .await
                 {
                     Ok(Some((_, change))) => {
                         tracing::warn!(%replica, reason = %change.detail, "gateway circuit breaker opened again: a probe payment failed")
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        tracing::info!(%replica, round = %crate::error::rfc3339(round.0), %what, "failed probe of a round that is over: changes nothing")
+                    }
                     Err(error) => {
                         tracing::error!(%replica, %error, "could not re-open the gateway circuit breaker after a failed probe")
                     }

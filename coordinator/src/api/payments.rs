@@ -212,7 +212,7 @@ impl Coordinator {
             lease,
             // A probe refused before its commit (lease busy, order paid…) never reports: the
             // breaker lets a new round of probes through after the next cool-down.
-            probe: admission == Admission::Probe,
+            probe: admission.probe_round(),
         };
         // Open before answering, so a waiting caller always finds the board entry.
         self.runner.board.open(&order.order_id, attempt.number);

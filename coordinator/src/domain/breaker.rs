@@ -15,7 +15,9 @@
 //! HALF_OPEN lets at most BREAKER_PROBES payments through per cool-down, across all replicas (a
 //! slot is claimed in PostgreSQL). A probe that never reports (its replica crashed, its request
 //! was refused after the claim, its gateway call hangs) cannot wedge the breaker: once the
-//! cool-down passes again a new round of probes is allowed.
+//! cool-down passes again a new round of probes is allowed. Each probe carries the round it was
+//! let through in ([`ProbeRound`]); a report from any other round than the current one (a probe
+//! whose call hung past its round, reporting after a new round began) changes nothing.
 //!
 //! The admin pause is independent of the breaker: either one refuses new payments. Attempts
 //! already committed are never affected.
@@ -213,7 +215,22 @@ impl Breaker {
             Breaker::Open { probe_at, .. } | Breaker::HalfOpen { probe_at, .. } => Some(*probe_at),
         }
     }
+
+    /// The current probe round: only while half-open.
+    pub fn probe_round(&self) -> Option<ProbeRound> {
+        match self {
+            Breaker::HalfOpen { probe_at, .. } => Some(ProbeRound(*probe_at)),
+            Breaker::Closed | Breaker::Open { .. } => None,
+        }
+    }
 }
+
+/// The half-open round a probe was let through in: that round's `probe_at`. It is fixed for the
+/// whole round, and every later round's is later (a round starts at or after the previous one's
+/// `probe_at` and lasts a cool-down, never zero), so it names the round without a column of its
+/// own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRound(pub SystemTime);
 
 /// The breaker's state as stored (`payments_control.breaker`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -490,10 +507,11 @@ impl Control {
         ))
     }
 
-    /// A probe payment's gateway calls were healthy: close the breaker. Only from HALF_OPEN (a
-    /// probe of an earlier round reporting after another probe re-opened it changes nothing).
-    pub fn probe_succeeded(&self) -> Option<(Control, Change)> {
-        if self.breaker.state() != BreakerState::HalfOpen {
+    /// A probe payment of `round` was healthy: close the breaker. Only from HALF_OPEN in that
+    /// same round: a probe reporting after another probe re-opened the breaker, or after a new
+    /// round began (its call outlived its round), changes nothing.
+    pub fn probe_succeeded(&self, round: ProbeRound) -> Option<(Control, Change)> {
+        if self.breaker.probe_round() != Some(round) {
             return None;
         }
         Some((
@@ -508,16 +526,25 @@ impl Control {
         ))
     }
 
-    /// A probe payment's gateway call failed: open again with a new cool-down.
+    /// A probe payment of `round` failed at the gateway: open again with a new cool-down. Only
+    /// from HALF_OPEN in that same round (a late failure from an earlier round must not re-open
+    /// the breaker over the current round's probes).
     pub fn probe_failed(
         &self,
+        round: ProbeRound,
         what: &str,
         policy: &BreakerPolicy,
         now: SystemTime,
     ) -> Option<(Control, Change)> {
-        let Breaker::HalfOpen { since, .. } = &self.breaker else {
+        let Breaker::HalfOpen {
+            since, probe_at, ..
+        } = &self.breaker
+        else {
             return None;
         };
+        if ProbeRound(*probe_at) != round {
+            return None;
+        }
         let probe_at = now + policy.cooldown;
         let reason = format!(
             "gateway circuit breaker open: a probe payment failed at the gateway ({what}); \
@@ -764,16 +791,21 @@ mod tests {
     fn a_probe_closes_or_reopens() {
         let p = policy();
         let (half, _) = open_at(0).claim_probe(&p, at(5)).expect("probe");
-        let (closed, change) = half.probe_succeeded().expect("closes");
+        let round = half.breaker.probe_round().expect("half-open");
+        assert_eq!(round, ProbeRound(at(10)));
+        let (closed, change) = half.probe_succeeded(round).expect("closes");
         assert_eq!(closed.breaker, Breaker::Closed);
         assert_eq!(change.action, "close");
         assert_eq!(closed.admit(at(6)), Admit::Accept);
         // A second probe's late answer changes nothing once closed.
-        assert_eq!(closed.probe_succeeded(), None);
-        assert_eq!(closed.probe_failed("create: unknown", &p, at(6)), None);
+        assert_eq!(closed.probe_succeeded(round), None);
+        assert_eq!(
+            closed.probe_failed(round, "create: unknown", &p, at(6)),
+            None
+        );
 
         let (reopened, change) = half
-            .probe_failed("create: unknown", &p, at(7))
+            .probe_failed(round, "create: unknown", &p, at(7))
             .expect("re-opens");
         assert_eq!(change.action, "reopen");
         let Breaker::Open {
@@ -787,7 +819,44 @@ mod tests {
         assert_eq!((*since, *probe_at), (at(0), at(12)));
         assert!(reason.contains("create: unknown"), "{reason}");
         // A late success from the earlier round does not close a re-opened breaker.
-        assert_eq!(reopened.probe_succeeded(), None);
+        assert_eq!(reopened.probe_succeeded(round), None);
+    }
+
+    #[test]
+    fn a_late_report_from_an_earlier_round_changes_nothing() {
+        let p = policy();
+        // Round 1: one probe goes at 5 s, and its gateway call hangs.
+        let (first, _) = open_at(0).claim_probe(&p, at(5)).expect("round 1");
+        let stale = first.breaker.probe_round().expect("half-open");
+        // Nothing reported by 10 s: round 2, and its probe goes.
+        let (second, _) = first.claim_probe(&p, at(10)).expect("round 2");
+        let current = second.breaker.probe_round().expect("half-open");
+        assert_ne!(stale, current);
+        assert_eq!(current, ProbeRound(at(15)));
+        // Round 1's probe reports at last, either way: round 2 is left to its own probes.
+        assert_eq!(second.probe_succeeded(stale), None);
+        assert_eq!(
+            second.probe_failed(stale, "create: unknown", &p, at(11)),
+            None
+        );
+        // A second slot of round 2 keeps the round: its reports count.
+        let (slot, _) = second
+            .claim_probe(&p, at(11))
+            .expect("round 2, second slot");
+        assert_eq!(slot.breaker.probe_round(), Some(current));
+        let (reopened, change) = slot
+            .probe_failed(current, "confirm: timeout", &p, at(12))
+            .expect("the current round re-opens");
+        assert_eq!(change.action, "reopen");
+        assert_eq!(reopened.breaker.probe_at(), Some(at(17)));
+        // Round 3 after that cool-down: round 2's late success does not close it either.
+        let (third, _) = reopened.claim_probe(&p, at(17)).expect("round 3");
+        assert_eq!(third.probe_succeeded(current), None);
+        assert_eq!(third.probe_succeeded(stale), None);
+        let (closed, _) = third
+            .probe_succeeded(ProbeRound(at(22)))
+            .expect("round 3's own probe closes it");
+        assert_eq!(closed.breaker, Breaker::Closed);
     }
 
     #[test]
