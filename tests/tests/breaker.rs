@@ -315,21 +315,28 @@ async fn an_admin_pauses_and_resumes_payments_on_every_replica() {
             "{who}"
         );
     }
-    // A reason is required.
-    for empty in ["", "   "] {
+    // A reason is required, and it is never a card number (it is logged and sent with every
+    // refusal): refused, and not echoed back.
+    for bad_reason in ["", "   ", "customer card 4242 4242 4242 4242 keeps failing"] {
         let invalid = admin
             .pause_payments(pb::PausePaymentsRequest {
-                reason: empty.into(),
+                reason: bad_reason.into(),
             })
             .await
-            .expect_err("a reason is required");
+            .expect_err("a bad reason is refused");
         assert_eq!(
             (invalid.code(), reason(&invalid).as_str()),
-            (Code::InvalidArgument, "INVALID_REQUEST")
+            (Code::InvalidArgument, "INVALID_REQUEST"),
+            "{bad_reason:?}"
         );
         let details = invalid.get_error_details();
         let bad = details.bad_request().expect("a BadRequest");
         assert_eq!(bad.field_violations[0].field, "reason");
+        assert!(
+            !invalid.message().contains("4242")
+                && !bad.field_violations[0].description.contains("4242"),
+            "{invalid:?}"
+        );
     }
     assert!(!status(&mut admin).await.paused, "refusals changed nothing");
 

@@ -13,10 +13,8 @@ use tonic::{Request, Response};
 use super::{Coordinator, payments::caller};
 use crate::domain::Violations;
 use crate::domain::breaker::{BreakerState, Cause, Control};
+use crate::domain::operations::free_text;
 use crate::error::Error;
-
-/// Longest pause reason, in characters.
-const MAX_REASON: usize = 500;
 
 impl Coordinator {
     #[tracing::instrument(name = "PausePayments", skip_all, fields(by, replica = %self.replica))]
@@ -52,21 +50,17 @@ impl Coordinator {
     }
 }
 
-/// A pause reason: 1–500 characters, not only blanks, no control characters (it goes into logs
-/// and into every refusal).
+/// A pause reason: screened like every operator's free text (`operations::free_text`: trimmed,
+/// 1–500 characters, never something that looks like a card number), and on one line: it goes
+/// into logs and into every refusal.
 fn parse_reason(reason: &str) -> Result<String, Violations> {
     let trimmed = reason.trim();
     let problem = if trimmed.is_empty() {
         Some("is required: say why payments are paused".to_owned())
-    } else if trimmed.chars().count() > MAX_REASON {
-        Some(format!(
-            "must be at most {MAX_REASON} characters; got {}",
-            trimmed.chars().count()
-        ))
     } else if trimmed.chars().any(char::is_control) {
         Some("must not contain control characters (line breaks, tabs…)".to_owned())
     } else {
-        None
+        free_text(trimmed, true).err()
     };
     match problem {
         Some(description) => Err(Violations::single("reason", description)),
@@ -123,6 +117,27 @@ mod tests {
         }
         assert!(parse_reason(&"é".repeat(500)).is_ok());
         assert!(parse_reason(&"é".repeat(501)).is_err());
+    }
+
+    #[test]
+    fn a_reason_with_a_card_number_is_refused_and_not_echoed() {
+        for bad in [
+            "card 4242 4242 4242 4242 keeps failing",
+            "4242-4242-4242-4242",
+            "4242424242424242",
+        ] {
+            let v = parse_reason(bad).expect_err(bad);
+            assert_eq!(v.fields(), ["reason"]);
+            let status = tonic::Status::from(Error::from(v));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(
+                !format!("{status:?}").contains("4242"),
+                "the card number is not echoed: {status:?}"
+            );
+        }
+        // Digits that are not a card number (Luhn) are fine.
+        assert!(parse_reason("incident 4242 4242 4242 4241 at the gateway").is_ok());
+        assert!(parse_reason("ticket INC-2024-000123").is_ok());
     }
 
     #[test]
