@@ -444,12 +444,7 @@ async fn without_idempotency_and_lookup_a_timeout_goes_to_manual_review() {
         .await;
     let mut client = replica.client(OPERATOR).await;
     // The gateway charges and holds its answer past the coordinator's timeout.
-    env.sim_control
-        .set_faults(
-            json!({ "next": ["timeout"], "operations": ["create"], "slow_answer_ms": 60000 }),
-        )
-        .await
-        .expect("faults");
+    integration_tests::review::charge_and_lose_the_next_answer(&env).await;
     let o = client
         .process_payment(pay("review-t", "k1", true))
         .await

@@ -7,6 +7,7 @@
 use booking_sim::psp::{SimConfig, Without};
 use integration_tests::checks::{charges, reason};
 use integration_tests::coordinator::{Client, OPERATOR, REVIEWER, SERVICE, TestEnv};
+use integration_tests::review;
 use payments_proto::v1 as pb;
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -74,6 +75,32 @@ async fn into_review(env: &TestEnv, client: &mut Client, order_id: &str, fault: 
         .expect("faults");
     let order = client
         .process_payment(pay(order_id, &format!("k-{order_id}")))
+        .await
+        .expect("answered")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(order.state(), pb::OrderState::ManualReview, "{order:?}");
+    order
+}
+
+/// two_phase, on a replica allowed one lookup per order (one run of one action): `fault` on the
+/// confirm, then the lookup answers 500, so the order goes to review with its intent id known.
+async fn confirm_into_review(
+    env: &TestEnv,
+    client: &mut Client,
+    order_id: &str,
+    fault: &str,
+) -> pb::Order {
+    env.sim_control
+        .set_faults(json!({
+            "next": [fault, "error_500_before"],
+            "operations": ["confirm", "get"]
+        }))
+        .await
+        .expect("faults");
+    let order = client
+        .process_payment(pay(order_id, "k1"))
         .await
         .expect("answered")
         .into_inner()
@@ -360,21 +387,7 @@ async fn not_charged_is_refused_when_the_gateway_shows_the_charge() {
     let mut operator = replica.client(OPERATOR).await;
     let mut reviewer = replica.client(REVIEWER).await;
     // The confirm charges and its answer is lost; the one lookup answers 500.
-    env.sim_control
-        .set_faults(json!({
-            "next": ["drop_after_charge", "error_500_before"],
-            "operations": ["confirm", "get"]
-        }))
-        .await
-        .expect("faults");
-    let order = operator
-        .process_payment(pay("rev-contra", "k1"))
-        .await
-        .expect("answered")
-        .into_inner()
-        .order
-        .expect("order");
-    assert_eq!(order.state(), pb::OrderState::ManualReview, "{order:?}");
+    let order = confirm_into_review(&env, &mut operator, "rev-contra", "drop_after_charge").await;
     assert!(
         !order.attempts[0].gateway_payment_id.is_empty(),
         "the intent id is known"
@@ -409,28 +422,11 @@ async fn a_timeout_on_a_gateway_without_capabilities_is_resolved_on_the_reviewer
         ..SimConfig::default()
     })
     .await;
-    let replica = env
-        .replica(
-            "r0",
-            &[
-                "--gateway-flow",
-                "one_shot",
-                "--gateway-capabilities",
-                "none",
-                "--gateway-timeout-ms",
-                "500",
-            ],
-        )
-        .await;
+    let replica = env.replica("r0", &review::REPLICA_ARGS).await;
     let mut operator = replica.client(OPERATOR).await;
     let mut reviewer = replica.client(REVIEWER).await;
     // The gateway charges and holds its answer past the coordinator's timeout.
-    env.sim_control
-        .set_faults(
-            json!({ "next": ["timeout"], "operations": ["create"], "slow_answer_ms": 60000 }),
-        )
-        .await
-        .expect("faults");
+    review::charge_and_lose_the_next_answer(&env).await;
     let order = operator
         .process_payment(pay("rev-timeout", "k1"))
         .await
@@ -499,21 +495,7 @@ async fn not_charged_voids_an_intent_that_could_still_charge_or_is_refused() {
     ];
     let replica = env.replica("r0", &limited).await;
     let mut operator = replica.client(OPERATOR).await;
-    env.sim_control
-        .set_faults(json!({
-            "next": ["error_500_before", "error_500_before"],
-            "operations": ["confirm", "get"]
-        }))
-        .await
-        .expect("faults");
-    let order = operator
-        .process_payment(pay("rev-open", "k1"))
-        .await
-        .expect("answered")
-        .into_inner()
-        .order
-        .expect("order");
-    assert_eq!(order.state(), pb::OrderState::ManualReview, "{order:?}");
+    let order = confirm_into_review(&env, &mut operator, "rev-open", "error_500_before").await;
     let intent = order.attempts[0].gateway_payment_id.clone();
     assert!(!intent.is_empty());
     // Without cancel, "not charged" is refused: the intent could still be confirmed.

@@ -4,7 +4,9 @@ use gateway_client::IdempotencyKey;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 
-use super::orders::{ATTEMPT_COLUMNS, ORDER_COLUMNS, attempt_from_row, column, order_from_row};
+use super::orders::{
+    ATTEMPT_COLUMNS, ORDER_COLUMNS, attempt_from_row, column, history_entry, order_from_row,
+};
 use super::{Begin, BeginRefusal, Fence, Fenced, Finish, NewAttempt, Store, StoreError, Stranded};
 use crate::domain::machine::{event_for, may_finish, may_start_attempt, order_state_after};
 use crate::domain::{AttemptOutcome, EventKind, OrderState, StartRefusal};
@@ -294,14 +296,12 @@ impl Store {
         let message: String = message.chars().take(MAX_ERROR_MESSAGE).collect();
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "WITH o AS (SELECT order_id FROM orders WHERE order_id = $1 AND fence = $3 FOR SHARE) \
-                 UPDATE attempts a SET errors = a.errors || jsonb_build_array(jsonb_build_object( \
-                     'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                     'step', $4::text, 'message', $5::text)) \
-                 FROM o \
+                 UPDATE attempts a SET errors = a.errors || {} FROM o \
                  WHERE a.order_id = o.order_id AND a.number = $2 AND a.outcome = 'IN_FLIGHT'",
-            )
+                history_entry("$4", "$5")
+            ))
             .await?;
         let updated = client
             .execute(
@@ -463,12 +463,10 @@ impl Store {
         let message: String = message.chars().take(MAX_ERROR_MESSAGE).collect();
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(
-                "UPDATE attempts SET errors = errors || jsonb_build_array(jsonb_build_object( \
-                     'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                     'step', $3::text, 'message', $4::text)) \
-                 WHERE order_id = $1 AND number = $2",
-            )
+            .prepare_cached(&format!(
+                "UPDATE attempts SET errors = errors || {} WHERE order_id = $1 AND number = $2",
+                history_entry("$3", "$4")
+            ))
             .await?;
         let updated = client
             .execute(&statement, &[&order_id, &attempt, &step, &message])

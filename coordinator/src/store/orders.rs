@@ -40,6 +40,17 @@ pub(super) const REFUND_COLUMNS: &str = "r.number, r.requested_by, r.request_key
      r.token, r.resolution_tries, r.requested_at, r.finished_at, r.resolution, r.resolved_by, \
      r.resolved_at, r.resolution_note";
 
+/// The SQL of one error-history entry (`{"at", "step", "message"}`, `at` in RFC 3339 UTC from the
+/// database's clock) as a one-element jsonb array, to append with `errors || …`; `step` and
+/// `message` are the statement's parameters that hold them (e.g. `$4`).
+pub(super) fn history_entry(step: &str, message: &str) -> String {
+    format!(
+        "jsonb_build_array(jsonb_build_object( \
+             'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+             'step', {step}::text, 'message', {message}::text))"
+    )
+}
+
 #[derive(Deserialize)]
 struct ErrorView {
     at_us: i64,

@@ -9,7 +9,7 @@ use gateway_client::IdempotencyKey;
 use tokio_postgres::error::SqlState;
 
 use super::attempts::INSERT_EVENT;
-use super::orders::{REFUND_COLUMNS, column, refund_from_row};
+use super::orders::{REFUND_COLUMNS, column, history_entry, refund_from_row};
 use super::{Fenced, RefundRecord, Store, StoreError};
 use crate::domain::machine::{
     RefundRefusal, after_refund_resolution, refund_amount, state_after_refund,
@@ -445,12 +445,11 @@ impl Store {
         let message: String = message.chars().take(MAX_ERROR_MESSAGE).collect();
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(
-                "UPDATE refunds SET errors = errors || jsonb_build_array(jsonb_build_object( \
-                     'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                     'step', $4::text, 'message', $5::text)), heartbeat_at = now() \
+            .prepare_cached(&format!(
+                "UPDATE refunds SET errors = errors || {}, heartbeat_at = now() \
                  WHERE order_id = $1 AND number = $2 AND token = $3 AND outcome = 'IN_FLIGHT'",
-            )
+                history_entry("$4", "$5")
+            ))
             .await?;
         let updated = client
             .execute(
