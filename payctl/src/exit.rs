@@ -18,7 +18,8 @@ pub enum Exit {
     Refused,
     /// 4: failed: unreachable, store unavailable, internal error, deadline exceeded, unknown.
     Failed,
-    /// 5: `pay --wait` saw the attempt end without a charge, or in manual review.
+    /// 5: `pay --wait` saw the attempt end without a charge, or in manual review; `refund` left
+    /// the refund in doubt (manual review) or still in flight.
     NotPaid,
 }
 

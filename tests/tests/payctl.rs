@@ -893,8 +893,8 @@ async fn a_refund_in_doubt_is_reviewed_and_resolved_refunded() {
     let asked = carol
         .run(&["refund", "rfr-1", "--reason", "customer returned it"])
         .await;
-    // Answered with the order (the refund in doubt is shown, not an error of payctl's).
-    assert_exit(&asked, 0, "refund whose answer is lost");
+    // Answered with the order, the refund in doubt shown; exit 5: not settled.
+    assert_exit(&asked, 5, "refund whose answer is lost");
     let order = wait_for("refund 1 of rfr-1 is in doubt", async || {
         get_order(&replica.url, "rfr-1")
             .await

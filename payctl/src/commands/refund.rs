@@ -74,7 +74,19 @@ pub async fn run(
         .unary(conn.client().refund_payment(conn.request(request)))
         .await?;
     print_order(&order, as_json)?;
-    Ok(Exit::Success)
+    // Only one refund of an order can be unsettled at a time, and a new one is refused while
+    // another is: an unsettled refund in a successful answer is this one.
+    let unsettled = order.refunds.iter().any(|r| {
+        matches!(
+            r.outcome(),
+            pb::RefundOutcome::InFlight | pb::RefundOutcome::Unknown
+        ) && r.resolution() == pb::Resolution::Unspecified
+    });
+    Ok(if unsettled {
+        Exit::NotPaid
+    } else {
+        Exit::Success
+    })
 }
 
 #[cfg(test)]
