@@ -28,6 +28,29 @@ pub enum Command {
     /// streams, reports the replica's RSS, then the delay from commit to delivery while
     /// payments run (public gRPC API only; prints figures, never fails on time).
     WatchBench(WatchBenchArgs),
+    /// The invariant checker: after a run has settled, compares the simulator's ledger with the
+    /// coordinator's database and event feed and prints a table (double charges, lost outcomes,
+    /// stuck orders, feed gaps, ...). Exit code 1 if a must-be-zero row is not zero, 2 if the
+    /// check could not run.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The coordinator's PostgreSQL database (read in one read-only snapshot).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/payments",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// The gateway simulator's base URL (for its ledger).
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:12111")]
+    pub gateway_url: String,
+    /// How many payments the driver asked for (shown in the table).
+    #[arg(long)]
+    pub requested: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Check(args) => run_check(args).await,
         Command::Demo(args) => {
             booking_sim::demo::run(booking_sim::demo::DemoArgs {
                 gateway_url: args.gateway_url,
@@ -201,6 +225,31 @@ fn unix_seconds() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+/// Prints the checker's table; exits 1 if an invariant failed, 2 if the check could not run.
+async fn run_check(args: CheckArgs) -> anyhow::Result<()> {
+    use booking_sim::checker::{CheckInput, check};
+    use std::io::Write as _;
+
+    let input = CheckInput {
+        database_url: args.database_url,
+        sim: booking_sim::sim_control::SimControl::new(&args.gateway_url)?,
+        requested: args.requested,
+    };
+    let report = match check(&input).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("booking-sim check: could not check: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    print!("{}", report.table());
+    let _ = std::io::stdout().flush();
+    if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn run_psp(args: PspArgs) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! booking-sim: the gateway simulator (`psp`), and later the scripted sessions, racing
 //! operators, load and chaos drivers that exercise the coordinator from the outside.
 
+pub mod checker;
 pub mod demo;
 pub mod psp;
 pub mod race;

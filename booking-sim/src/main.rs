@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     // The demo narrates on stdout; its gateway calls' logs would only repeat it.
     let default_level = match cli.command {
-        cli::Command::Demo(_) => "warn",
+        cli::Command::Demo(_) | cli::Command::Check(_) => "warn",
         _ => "info",
     };
     // Logs go to stderr; stdout carries only the "listening on" line, for scripts.
