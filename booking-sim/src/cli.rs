@@ -28,6 +28,12 @@ pub enum Command {
     /// streams, reports the replica's RSS, then the delay from commit to delivery while
     /// payments run (public gRPC API only; prints figures, never fails on time).
     WatchBench(WatchBenchArgs),
+    /// Chaos run: three coordinator replicas on a throwaway PostgreSQL and Redis with the
+    /// simulator (or running ones: --coordinators), racing operators paying orders while a
+    /// seeded fault schedule kills, freezes and restarts replicas, stops PostgreSQL and Redis and
+    /// injects every gateway fault; then recovery settles and the invariant checker judges.
+    /// Progress on stderr; the summary and the checker's table on stdout; exit 1 if it failed.
+    Chaos(Box<ChaosArgs>),
     /// The invariant checker: after a run has settled, compares the simulator's ledger with the
     /// coordinator's database and event feed and prints a table (double charges, lost outcomes,
     /// stuck orders, feed gaps, ...). Exit code 1 if a must-be-zero row is not zero, 2 if the
@@ -51,6 +57,94 @@ pub struct CheckArgs {
     /// How many payments the driver asked for (shown in the table).
     #[arg(long)]
     pub requested: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// Orders to pay, each by several racing operators.
+    #[arg(long, default_value_t = 3000)]
+    pub payments: usize,
+    /// Seeds the fault schedule and the orders' plans: the same seed replays the same schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Orders being paid at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Operators pressing "pay" on each order at once (spread over the replicas).
+    #[arg(long, default_value_t = 3)]
+    pub callers_per_order: usize,
+    /// Share (percent) of paid orders a reviewer refunds (full, partial, partial then the rest).
+    #[arg(long, default_value_t = 15)]
+    pub refund_percent: u32,
+    /// Share (percent) of orders whose first caller submits twice at once with the same key.
+    #[arg(long, default_value_t = 10)]
+    pub duplicate_percent: u32,
+    /// Fault kinds: all, none, or a comma-separated list of kill-9, sigstop, postgres, redis,
+    /// latency, timeout, hang, 500-before, 500-after, drop-after-charge, 429.
+    #[arg(long, default_value = "all")]
+    pub faults: String,
+    /// One fault per this many payments (at least one of each kind when the run is long enough).
+    #[arg(long, default_value_t = 25)]
+    pub payments_per_fault: usize,
+    /// Calm time between the end of a fault and the start of the next, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub min_gap_ms: u64,
+    /// Coordinator replicas to start.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// The replicas' LEASE_TTL_MS (a frozen replica is stopped longer than this).
+    #[arg(long, default_value_t = 1000)]
+    pub lease_ttl_ms: u64,
+    /// The replicas' RECOVERY_SWEEP_MS.
+    #[arg(long, default_value_t = 500)]
+    pub recovery_sweep_ms: u64,
+    /// The replicas' GATEWAY_TIMEOUT_MS (short, so that hangs resolve quickly).
+    #[arg(long, default_value_t = 1500)]
+    pub gateway_timeout_ms: u64,
+    /// The replicas' GATEWAY_FLOW: two_phase or one_shot.
+    #[arg(long, default_value = "two_phase")]
+    pub gateway_flow: String,
+    /// Latency the simulator adds to every call outside faults (so that callers overlap).
+    #[arg(long, default_value_t = 20)]
+    pub gateway_latency_ms: u64,
+    /// How long recovery may take to settle after the faults, in seconds, before the run fails.
+    #[arg(long, default_value_t = 180)]
+    pub settle_timeout_secs: u64,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5)]
+    pub progress_secs: u64,
+    /// The coordinator binary (default: next to this executable, then target/debug, then PATH).
+    #[arg(long, env = "COORDINATOR_BIN")]
+    pub coordinator_bin: Option<std::path::PathBuf>,
+    /// One more argument for every replica, after the run's own (repeat it: e.g.
+    /// --coordinator-arg=--breaker-min-calls --coordinator-arg=10).
+    #[arg(long, allow_hyphen_values = true)]
+    pub coordinator_arg: Vec<String>,
+    /// Order ids are PREFIX-N (default: chaos-SEED, plus the time with --coordinators).
+    #[arg(long)]
+    pub order_prefix: Option<String>,
+    /// Drive running coordinators (comma-separated gRPC URLs) instead of starting them; only the
+    /// simulator's faults apply then. Needs --gateway-url, --database-url, --operator-keys.
+    #[arg(long, value_delimiter = ',')]
+    pub coordinators: Vec<String>,
+    /// With --coordinators: the gateway simulator's base URL.
+    #[arg(long, env = "GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// With --coordinators: their PostgreSQL database, for the checker.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// With --coordinators: operators' API keys, comma-separated (env CHAOS_OPERATOR_KEYS).
+    #[arg(
+        long,
+        env = "CHAOS_OPERATOR_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub operator_keys: Vec<String>,
+    /// With --coordinators: a reviewer's API key for refunds (env CHAOS_REVIEWER_KEY); none: no
+    /// refunds.
+    #[arg(long, env = "CHAOS_REVIEWER_KEY", hide_env_values = true)]
+    pub reviewer_key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Check(args) => run_check(args).await,
+        Command::Chaos(args) => run_chaos(*args).await,
         Command::Demo(args) => {
             booking_sim::demo::run(booking_sim::demo::DemoArgs {
                 gateway_url: args.gateway_url,
@@ -247,6 +342,70 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     print!("{}", report.table());
     let _ = std::io::stdout().flush();
     if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Runs the chaos driver; prints the summary and the checker's table; exits 1 if the checker
+/// failed, and stops (tearing everything down) on Ctrl-C or SIGTERM.
+async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use booking_sim::chaos::{self, ChaosConfig, External};
+
+    let faults = chaos::parse_kinds(&args.faults).map_err(anyhow::Error::msg)?;
+    let external = if args.coordinators.is_empty() {
+        None
+    } else {
+        Some(External {
+            coordinators: args.coordinators,
+            gateway_url: args
+                .gateway_url
+                .context("--coordinators needs --gateway-url (the simulator)")?,
+            database_url: args
+                .database_url
+                .context("--coordinators needs --database-url (for the checker)")?,
+            operator_keys: args.operator_keys,
+            reviewer_key: args.reviewer_key,
+        })
+    };
+    let config = ChaosConfig {
+        payments: args.payments,
+        seed: args.seed,
+        replicas: args.replicas,
+        concurrency: args.concurrency,
+        callers_per_order: args.callers_per_order,
+        refund_percent: args.refund_percent,
+        duplicate_percent: args.duplicate_percent,
+        faults,
+        payments_per_fault: args.payments_per_fault,
+        min_gap: Duration::from_millis(args.min_gap_ms),
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+        recovery_sweep: Duration::from_millis(args.recovery_sweep_ms),
+        gateway_timeout: Duration::from_millis(args.gateway_timeout_ms),
+        gateway_flow: args.gateway_flow,
+        gateway_latency_ms: args.gateway_latency_ms,
+        settle_timeout: Duration::from_secs(args.settle_timeout_secs),
+        progress_every: Duration::from_secs(args.progress_secs.max(1)),
+        coordinator_bin: args.coordinator_bin,
+        coordinator_args: args.coordinator_arg,
+        order_prefix: args.order_prefix,
+        external,
+        ..ChaosConfig::default()
+    };
+    let outcome = tokio::select! {
+        outcome = chaos::run(config) => outcome?,
+        () = shutdown_signal() => {
+            // Dropping the run kills the replicas and stops PostgreSQL and Redis it started.
+            anyhow::bail!("interrupted: the chaos run was stopped and everything it started torn down");
+        }
+    };
+    print!("{}", outcome.summary());
+    let _ = std::io::stdout().flush();
+    if !outcome.ok() {
         std::process::exit(1);
     }
     Ok(())

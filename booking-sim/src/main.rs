@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<()> {
     // The demo narrates on stdout; its gateway calls' logs would only repeat it.
     let default_level = match cli.command {
         cli::Command::Demo(_) | cli::Command::Check(_) => "warn",
+        // The chaos driver's progress is its own lines; the in-process simulator stays quiet.
+        cli::Command::Chaos(_) => "warn",
         _ => "info",
     };
     // Logs go to stderr; stdout carries only the "listening on" line, for scripts.

@@ -115,7 +115,7 @@ impl TestEnv {
     /// Command-line arguments of one replica; `with_keys: false` leaves out `--api-keys-file`.
     pub fn args(&self, replica: &str, extra: &[&str], with_keys: bool) -> Vec<String> {
         let sim_url = self.sim.base_url();
-        let journal = self.dir.join(format!("journal-{replica}"));
+        let journal = self.journal_dir(replica);
         let journal = journal.to_string_lossy().into_owned();
         let keys = self.keys_file.to_string_lossy().into_owned();
         let mut args = vec![
@@ -142,6 +142,16 @@ impl TestEnv {
         }
         args.extend_from_slice(extra);
         args.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The API keys file (hashes only) every replica of this environment reads.
+    pub fn keys_file(&self) -> &std::path::Path {
+        &self.keys_file
+    }
+
+    /// Replica `replica`'s local journal directory.
+    pub fn journal_dir(&self, replica: &str) -> PathBuf {
+        self.dir.join(format!("journal-{replica}"))
     }
 
     /// Starts a replica (its server on port 0) and waits until it listens.

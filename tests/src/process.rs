@@ -1,100 +1,65 @@
 //! The real coordinator binary (`target/debug/coordinator`) as a child process, for faults only
-//! a process can suffer: `kill -9` (`Child::kill` sends SIGKILL on Unix), SIGSTOP and SIGCONT,
-//! and SIGTERM (a graceful shutdown) with its exit status.
+//! a process can suffer: `kill -9`, SIGSTOP and SIGCONT, and SIGTERM (a graceful shutdown) with
+//! its exit status. A test environment's replica on `booking_sim::stack::coordinator` (shared
+//! with `booking-sim chaos`), failing the test on any error.
 //! `scripts/test.sh` builds the binary before the tests.
 
-use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+use std::{net::SocketAddr, path::PathBuf, process::ExitStatus};
+
+use booking_sim::stack::{
+    self,
+    coordinator::{ReplicaProcess, ReplicaSpec},
 };
 
-use crate::checks::wait_for;
+use crate::checks::GUARD;
 use crate::coordinator::{Client, TestEnv, client, key_for};
-
-/// How long the process may take to listen before the test fails (a guard, not an assertion).
-const GUARD: Duration = Duration::from_secs(60);
 
 /// `$CARGO_TARGET_DIR/debug/coordinator`, or the workspace's `target/debug/coordinator`.
 pub fn coordinator_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    let binary = target.join("debug").join("coordinator");
-    assert!(
-        binary.exists(),
-        "the coordinator binary {} is missing: build it first with `cargo build -p coordinator --bins` \
-         (scripts/test.sh does)",
-        binary.display()
-    );
-    binary
+    stack::coordinator::find_coordinator_binary(None).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// One coordinator replica running as its own process.
 pub struct CoordinatorProcess {
-    child: Child,
+    inner: ReplicaProcess,
     pub pid: u32,
     pub addr: SocketAddr,
     pub url: String,
-    log: PathBuf,
 }
 
 impl CoordinatorProcess {
     /// Starts replica `replica` of `env` (its usual arguments plus `extra`) on a free port and
     /// waits until the port accepts connections.
     pub async fn spawn(env: &TestEnv, replica: &str, extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = stack::free_port().expect("free port");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut args = env.args(replica, extra, true);
-        args.remove(0); // the program name
-        let listen = args
-            .iter()
-            .position(|a| a == "--coordinator-listen")
-            .expect("--coordinator-listen in the test arguments");
-        args[listen + 1] = addr.to_string();
         let log = std::env::temp_dir().join(format!(
             "coordinator-{replica}-{port}-{}.log",
             std::process::id()
         ));
-        let out = std::fs::File::create(&log).expect("process log");
-        let child = Command::new(coordinator_binary())
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn the coordinator binary");
-        let mut process = Self {
-            pid: child.id(),
-            child,
-            addr,
-            url: format!("http://{addr}"),
+        let spec = ReplicaSpec {
+            binary: coordinator_binary(),
+            replica_id: replica.to_owned(),
+            database_url: env.database_url.clone(),
+            redis_url: env.redis_url.clone(),
+            redis_key_prefix: env.redis_prefix.clone(),
+            gateway_url: env.sim.base_url(),
+            api_keys_file: env.keys_file().to_path_buf(),
+            journal_dir: env.journal_dir(replica),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log,
+            listen: Some(addr),
+            env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
         };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = process.child.try_wait().expect("child status") {
-                panic!(
-                    "the coordinator exited before listening ({status}):\n{}",
-                    process.log_text()
-                );
-            }
-            if TcpStream::connect(addr).is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < GUARD,
-                "the coordinator never listened on {addr}:\n{}",
-                process.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let inner = ReplicaProcess::spawn(spec)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            pid: inner.pid(),
+            url: inner.url(),
+            addr,
+            inner,
         }
-        process
     }
 
     /// A client authenticated as `key_id`.
@@ -104,57 +69,43 @@ impl CoordinatorProcess {
 
     /// What the process logged so far (for failure messages).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.inner.log_text()
     }
 
     /// `kill -9`: the process dies at once, mid-call, without any clean-up.
     pub fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL the coordinator");
-        self.child.wait().expect("reap the coordinator");
+        self.inner.kill_9().expect("SIGKILL the coordinator");
     }
 
     /// `kill -STOP`: the process is frozen (timers, sockets and all) until `resume`.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.inner.pause().expect("kill -STOP");
     }
 
     /// `kill -CONT`.
     pub fn resume(&self) {
-        self.signal("-CONT");
+        self.inner.resume().expect("kill -CONT");
     }
 
     /// `kill -TERM`: what Kubernetes sends to stop a pod; starts a graceful shutdown.
     pub fn terminate(&self) {
-        self.signal("-TERM");
+        self.inner.terminate().expect("kill -TERM");
     }
 
-    /// Waits until the process has exited (checking its state, see `checks::wait_for`) and
-    /// returns its exit status.
+    /// Waits until the process has exited and returns its exit status.
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        let child = &mut self.child;
-        wait_for("the coordinator process exits", async || {
-            child.try_wait().expect("child status")
-        })
-        .await
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} {}", self.pid);
+        self.inner
+            .wait_exit(GUARD)
+            .await
+            .unwrap_or_else(|e| panic!("never happened: the coordinator process exits ({e:#})"))
     }
 }
 
 impl Drop for CoordinatorProcess {
     fn drop(&mut self) {
-        // SIGKILL also ends a stopped process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The process itself is killed (SIGKILL, which also ends a stopped one) by `inner`.
         if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
+            let _ = std::fs::remove_file(self.inner.log_path());
         }
     }
 }
