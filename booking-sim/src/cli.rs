@@ -101,7 +101,8 @@ pub struct ChaosArgs {
     /// The replicas' GATEWAY_TIMEOUT_MS (short, so that hangs resolve quickly).
     #[arg(long, default_value_t = 1500)]
     pub gateway_timeout_ms: u64,
-    /// The replicas' GATEWAY_FLOW: two_phase or one_shot.
+    /// The replicas' GATEWAY_FLOW: two_phase or one_shot (with --coordinators: the flow they
+    /// run, so that the gateway faults aim at calls they make).
     #[arg(long, default_value = "two_phase")]
     pub gateway_flow: String,
     /// Latency the simulator adds to every call outside faults (so that callers overlap).
@@ -123,6 +124,10 @@ pub struct ChaosArgs {
     /// Order ids are PREFIX-N (default: chaos-SEED, plus the time with --coordinators).
     #[arg(long)]
     pub order_prefix: Option<String>,
+    /// Keep the work directory (replica logs, journals) even when the run passed; it is always
+    /// kept when it failed.
+    #[arg(long)]
+    pub keep_work_dir: bool,
     /// Drive running coordinators (comma-separated gRPC URLs) instead of starting them; only the
     /// simulator's faults apply then. Needs --gateway-url, --database-url, --operator-keys.
     #[arg(long, value_delimiter = ',')]
@@ -393,6 +398,7 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
         coordinator_bin: args.coordinator_bin,
         coordinator_args: args.coordinator_arg,
         order_prefix: args.order_prefix,
+        keep_work_dir: args.keep_work_dir,
         external,
         ..ChaosConfig::default()
     };

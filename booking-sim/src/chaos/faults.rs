@@ -36,12 +36,19 @@ pub(crate) struct Runner {
     world: Arc<World>,
     baseline: Baseline,
     min_gap: Duration,
+    /// How far past a fault's payment the workload may run while the fault waits for its gap.
+    lookahead: usize,
     tally: Mutex<FaultTally>,
     http: reqwest::Client,
 }
 
 impl Runner {
-    pub fn new(world: Arc<World>, baseline: Baseline, min_gap: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        world: Arc<World>,
+        baseline: Baseline,
+        min_gap: Duration,
+        lookahead: usize,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -50,6 +57,7 @@ impl Runner {
             world,
             baseline,
             min_gap,
+            lookahead,
             tally: Mutex::new(FaultTally::default()),
             http,
         })
@@ -70,11 +78,15 @@ impl Runner {
         f(&mut guard);
     }
 
-    /// Runs the schedule. `started` says how many payments have started; `gate` lets the
-    /// workload start payment `n` only while `n < gate`.
+    /// Runs the schedule. `started` says how many of the `payments` have started; `gate` lets
+    /// the workload start payment `n` only while `n < gate`. A fault is applied once the workload
+    /// has reached its payment and the gap since the last one has passed; meanwhile the workload
+    /// may run up to `lookahead` payments further (so it is busy, not drained, when the fault
+    /// comes), never to its last payment.
     pub async fn run(
         &self,
         schedule: &Schedule,
+        payments: usize,
         mut started: watch::Receiver<usize>,
         gate: watch::Sender<usize>,
     ) -> anyhow::Result<()> {
@@ -83,10 +95,15 @@ impl Runner {
             .set_faults(self.baseline.config())
             .await
             .context("setting the simulator's baseline")?;
+        let limit = |at: usize| {
+            at.saturating_add(self.lookahead)
+                .min(payments.saturating_sub(1))
+                .max(at)
+        };
         let total = schedule.faults.len();
         let mut last_end = tokio::time::Instant::now();
         for (i, entry) in schedule.faults.iter().enumerate() {
-            gate.send_replace(entry.at_payment);
+            gate.send_replace(limit(entry.at_payment));
             started
                 .wait_for(|n| *n >= entry.at_payment)
                 .await
@@ -95,8 +112,9 @@ impl Runner {
             let next = schedule
                 .faults
                 .get(i + 1)
-                .map_or(usize::MAX, |f| f.at_payment);
-            self.apply(entry, total, || {
+                .map_or(usize::MAX, |f| limit(f.at_payment));
+            let now = *started.borrow();
+            self.apply(entry, total, now, || {
                 gate.send_replace(next);
             })
             .await
@@ -113,23 +131,31 @@ impl Runner {
         &self,
         entry: &ScheduledFault,
         total: usize,
+        started: usize,
         opened: impl FnOnce(),
     ) -> anyhow::Result<()> {
         let kind = entry.fault.kind();
         say(&format!(
-            "fault {}/{total} at payment {}: {}",
+            "fault {}/{total} at payment {} ({started} started): {}",
             entry.number, entry.at_payment, entry.fault
         ));
         self.update(|t| t.current = Some(format!("#{} {}", entry.number, kind)));
         let mut applied = true;
         match &entry.fault {
-            Fault::Kill9 { replica, down } => {
+            Fault::Kill9 {
+                replica,
+                down,
+                slow_ms,
+            } => {
+                // The workload goes on meanwhile: its calls are what the signal should catch.
+                opened();
+                self.catch_mid_call(*replica, *slow_ms).await?;
                 {
                     let mut process = self.world.replica(*replica)?.lock().await;
                     self.note_unexpected_exit(&mut process)?;
                     process.kill_9()?;
                 }
-                opened();
+                self.world.sim.set_faults(self.baseline.config()).await?;
                 tokio::time::sleep(*down).await;
                 let mut process = self.world.replica(*replica)?.lock().await;
                 process.restart().await?;
@@ -138,9 +164,15 @@ impl Runner {
                     process.pid()
                 ));
             }
-            Fault::Sigstop { replica, frozen } => {
-                self.world.replica(*replica)?.lock().await.pause()?;
+            Fault::Sigstop {
+                replica,
+                frozen,
+                slow_ms,
+            } => {
                 opened();
+                self.catch_mid_call(*replica, *slow_ms).await?;
+                self.world.replica(*replica)?.lock().await.pause()?;
+                self.world.sim.set_faults(self.baseline.config()).await?;
                 tokio::time::sleep(*frozen).await;
                 self.world.replica(*replica)?.lock().await.resume()?;
                 say(&format!("  r{replica} resumed (SIGCONT) after {frozen:?}"));
@@ -200,6 +232,35 @@ impl Runner {
             }
         });
         Ok(())
+    }
+
+    /// Slows the gateway by `slow_ms` and waits (at most 3 s) until a call of the workload has
+    /// been in flight on `replica` for a while (longer than a refusal takes: it is being paid, at
+    /// the slowed gateway), so that the signal catches the replica in the middle of a payment.
+    /// The caller restores the baseline right after the signal.
+    async fn catch_mid_call(&self, replica: usize, slow_ms: u64) -> anyhow::Result<()> {
+        self.world
+            .sim
+            .set_faults(self.baseline.slowed(slow_ms))
+            .await?;
+        let long = Duration::from_millis((slow_ms / 3).max(50));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            if self
+                .world
+                .oldest_call(replica)
+                .is_some_and(|age| age >= long)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                say(&format!(
+                    "  no call in flight on r{replica} for {long:?}: signalling it anyway"
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn set_sim(&self, fault: &Fault) -> anyhow::Result<()> {

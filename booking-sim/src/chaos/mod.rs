@@ -96,7 +96,8 @@ pub struct ChaosConfig {
     pub recovery_sweep: Duration,
     /// The replicas' GATEWAY_TIMEOUT_MS: short, so that hangs resolve quickly.
     pub gateway_timeout: Duration,
-    /// The replicas' GATEWAY_FLOW.
+    /// The replicas' GATEWAY_FLOW (with `external`: the flow they run, so that the simulator's
+    /// faults aim at calls they make).
     pub gateway_flow: String,
     /// Latency the simulator adds to every call outside faults, so that callers overlap.
     pub gateway_latency_ms: u64,
@@ -116,6 +117,8 @@ pub struct ChaosConfig {
     pub coordinator_args: Vec<String>,
     /// Order ids are `{prefix}-{n}` (default: `chaos-{seed}`, plus the time when external).
     pub order_prefix: Option<String>,
+    /// Keep the work directory (replica logs, journals, keys file) even when the run passed.
+    pub keep_work_dir: bool,
     pub external: Option<External>,
 }
 
@@ -145,6 +148,7 @@ impl Default for ChaosConfig {
             coordinator_bin: None,
             coordinator_args: Vec::new(),
             order_prefix: None,
+            keep_work_dir: false,
             external: None,
         }
     }
@@ -163,6 +167,12 @@ impl ChaosConfig {
         }
         if self.refund_percent > 100 || self.duplicate_percent > 100 {
             bail!("percentages must be between 0 and 100");
+        }
+        if !matches!(self.gateway_flow.as_str(), "two_phase" | "one_shot") {
+            bail!(
+                "--gateway-flow must be two_phase or one_shot, not {:?}",
+                self.gateway_flow
+            );
         }
         if self.max_tries == 0 {
             bail!("max_tries must be at least 1");
@@ -298,7 +308,7 @@ impl ChaosOutcome {
         let _ = writeln!(out, "\ninvariant checker:");
         out.push_str(&self.report.table());
         if let Some(dir) = &self.work_dir {
-            let _ = writeln!(out, "\nlogs and journals kept in {}", dir.display());
+            let _ = writeln!(out, "\nreplica logs and journals kept in {}", dir.display());
         }
         out
     }
@@ -351,6 +361,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
         lease_ttl: config.lease_ttl,
         recovery_sweep: config.recovery_sweep,
         gateway_timeout: config.gateway_timeout,
+        one_shot: config.gateway_flow == "one_shot",
     });
     say(&format!(
         "seed {}: {} payments, {} callers per order, {} at once; {} faults scheduled:",
@@ -374,7 +385,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     let result = match result {
         Ok(mut outcome) => {
             outcome.elapsed = started.elapsed();
-            if !outcome.ok() {
+            if !outcome.ok() || config.keep_work_dir {
                 outcome.work_dir = world.keep_dir();
             }
             Ok(outcome)
@@ -405,7 +416,12 @@ async fn drive(
         latency_ms: config.gateway_latency_ms,
         jitter_ms: config.gateway_jitter_ms,
     };
-    let runner = Arc::new(Runner::new(world.clone(), baseline, config.min_gap)?);
+    let runner = Arc::new(Runner::new(
+        world.clone(),
+        baseline,
+        config.min_gap,
+        config.concurrency * 2,
+    )?);
     let order_prefix = config.order_prefix.clone().unwrap_or_else(|| {
         if config.external.is_some() {
             let now = std::time::SystemTime::now()
@@ -437,8 +453,8 @@ async fn drive(
         world.clone(),
     ));
 
-    let first = schedule.faults.first().map_or(usize::MAX, |f| f.at_payment);
-    let (gate_tx, gate_rx) = watch::channel(first);
+    // The runner opens the gate as far as the first fault allows before anything starts.
+    let (gate_tx, gate_rx) = watch::channel(0usize);
     let (started_tx, started_rx) = watch::channel(0usize);
     let total_faults = schedule.faults.len();
     let planned = schedule.clone();
@@ -453,8 +469,9 @@ async fn drive(
     }
     {
         let runner = runner.clone();
+        let payments = config.payments;
         tasks.spawn(async move {
-            runner.run(&schedule, started_rx, gate_tx).await?;
+            runner.run(&schedule, payments, started_rx, gate_tx).await?;
             Ok("the fault schedule")
         });
     }

@@ -170,13 +170,17 @@ pub struct SimWindow {
 /// One fault and its parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
+    /// `slow_ms`: just before the signal the gateway answers that much later (for half that
+    /// time), so the replica is caught with calls in flight.
     Kill9 {
         replica: usize,
         down: Duration,
+        slow_ms: u64,
     },
     Sigstop {
         replica: usize,
         frozen: Duration,
+        slow_ms: u64,
     },
     Postgres {
         down: Duration,
@@ -249,12 +253,22 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Kill9 { replica, down } => {
-                write!(f, "kill -9 replica r{replica}, restarted after {down:?}")
-            }
-            Fault::Sigstop { replica, frozen } => {
-                write!(f, "SIGSTOP replica r{replica}, SIGCONT after {frozen:?}")
-            }
+            Fault::Kill9 {
+                replica,
+                down,
+                slow_ms,
+            } => write!(
+                f,
+                "kill -9 replica r{replica} mid-call (gateway +{slow_ms} ms just before), restarted after {down:?}"
+            ),
+            Fault::Sigstop {
+                replica,
+                frozen,
+                slow_ms,
+            } => write!(
+                f,
+                "SIGSTOP replica r{replica} mid-call (gateway +{slow_ms} ms just before), SIGCONT after {frozen:?}"
+            ),
             Fault::Postgres { down } => write!(f, "PostgreSQL stopped for {down:?}"),
             Fault::Redis { down, save } => write!(
                 f,
@@ -300,6 +314,15 @@ pub struct Baseline {
 }
 
 impl Baseline {
+    /// The baseline with every call `extra_ms` slower.
+    pub fn slowed(&self, extra_ms: u64) -> Value {
+        json!({
+            "seed": self.seed,
+            "latency_ms": self.latency_ms + extra_ms,
+            "latency_jitter_ms": self.jitter_ms,
+        })
+    }
+
     pub fn config(&self) -> Value {
         json!({
             "seed": self.seed,
@@ -331,6 +354,8 @@ pub struct ScheduleParams {
     pub lease_ttl: Duration,
     pub recovery_sweep: Duration,
     pub gateway_timeout: Duration,
+    /// The replicas use GATEWAY_FLOW=one_shot: charging calls are creates only (no confirm).
+    pub one_shot: bool,
 }
 
 /// The whole schedule.
@@ -436,6 +461,7 @@ fn draw_fault(rng: &mut StdRng, kind: FaultKind, params: &ScheduleParams) -> Fau
         FaultKind::Kill9 => Fault::Kill9 {
             replica: rng.random_range(0..replicas),
             down: ms(rng, 300..=1500),
+            slow_ms: rng.random_range(200..=800),
         },
         FaultKind::Sigstop => {
             // Past the lease and a recovery sweep: another replica takes its attempts over.
@@ -443,6 +469,7 @@ fn draw_fault(rng: &mut StdRng, kind: FaultKind, params: &ScheduleParams) -> Fau
             Fault::Sigstop {
                 replica: rng.random_range(0..replicas),
                 frozen: past + ms(rng, 300..=1500),
+                slow_ms: rng.random_range(200..=800),
             }
         }
         FaultKind::Postgres => Fault::Postgres {
@@ -458,10 +485,10 @@ fn draw_fault(rng: &mut StdRng, kind: FaultKind, params: &ScheduleParams) -> Fau
             window: ms(rng, 1500..=3000),
         },
         _ => {
-            // Charging calls always; refunds and look-ups sometimes.
-            let mut operations = match rng.random_range(0..3) {
-                0 => vec!["create"],
-                1 => vec!["confirm"],
+            // Charging calls always (one_shot has no confirm); refunds and look-ups sometimes.
+            let mut operations = match (rng.random_range(0..3), params.one_shot) {
+                (_, true) | (0, false) => vec!["create"],
+                (1, false) => vec!["confirm"],
                 _ => vec!["create", "confirm"],
             };
             if rng.random_bool(0.3) {
@@ -500,7 +527,27 @@ mod tests {
             lease_ttl: Duration::from_millis(1000),
             recovery_sweep: Duration::from_millis(500),
             gateway_timeout: Duration::from_millis(1500),
+            one_shot: false,
         }
+    }
+
+    #[test]
+    fn one_shot_faults_hit_creates() {
+        let p = ScheduleParams {
+            one_shot: true,
+            ..params(5, 1000)
+        };
+        let s = Schedule::generate(&p);
+        for entry in &s.faults {
+            if let Fault::Sim { sim, .. } = &entry.fault {
+                assert!(sim.operations.contains(&"create"), "{}", entry.fault);
+                assert!(!sim.operations.contains(&"confirm"), "{}", entry.fault);
+            }
+        }
+        // The same draws: only the operations differ from the two_phase schedule.
+        let two_phase = Schedule::generate(&params(5, 1000));
+        let at = |s: &Schedule| s.faults.iter().map(|f| f.at_payment).collect::<Vec<_>>();
+        assert_eq!(at(&s), at(&two_phase));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::{
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
-use super::world::World;
+use super::world::{InFlight, World};
 
 /// The gateway's test payment methods, and how often each is used.
 const VISA: &str = "pm_card_visa";
@@ -420,7 +420,9 @@ impl Workload {
             self.count(|s| s.pay_calls += 1);
             // A frozen replica never answers: the caller's own clock ends the call.
             let guard = self.config.call_timeout + Duration::from_secs(2);
+            let counted = InFlight::enter(&self.world, replica);
             let answer = tokio::time::timeout(guard, client.process_payment(call)).await;
+            drop(counted);
             let mut wait = true;
             match answer {
                 Ok(Ok(response)) => {

@@ -4,12 +4,13 @@
 //! what the fault runner needs to break and mend each piece.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -55,6 +56,17 @@ impl Drop for Owned {
     }
 }
 
+/// Removes a directory when dropped, unless emptied first.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 pub(crate) struct World {
     /// The replicas' gRPC URLs (a restarted replica keeps its URL).
     pub urls: Vec<String>,
@@ -66,7 +78,39 @@ pub(crate) struct World {
     /// `[key][replica]`: one connection per replica, shared by every key.
     pub operator_clients: Vec<Vec<Client>>,
     pub reviewer_clients: Vec<Vec<Client>>,
+    /// Calls the workload has in flight on each replica, with when each started (the fault
+    /// runner waits for a long one before it kills or freezes a replica, to catch it
+    /// mid-payment).
+    pub in_flight: Vec<std::sync::Mutex<HashMap<u64, Instant>>>,
+    next_call: AtomicU64,
     pub owned: Option<Owned>,
+}
+
+/// Records one call in flight on a replica for as long as it lives.
+pub(crate) struct InFlight<'a> {
+    calls: &'a std::sync::Mutex<HashMap<u64, Instant>>,
+    id: u64,
+}
+
+impl<'a> InFlight<'a> {
+    pub fn enter(world: &'a World, replica: usize) -> Option<InFlight<'a>> {
+        let calls = world.in_flight.get(replica)?;
+        let id = world.next_call.fetch_add(1, Ordering::Relaxed);
+        calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, Instant::now());
+        Some(InFlight { calls, id })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Coordinator settings of the owned replicas, before the caller's own `--coordinator-arg`s.
@@ -179,6 +223,12 @@ impl World {
             gateway_url: external.gateway_url.clone(),
             operator_clients: clients_for(&operators, &channels)?,
             reviewer_clients: clients_for(&reviewers, &channels)?,
+            in_flight: external
+                .coordinators
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
+            next_call: AtomicU64::new(0),
             operators,
             reviewers,
             owned: None,
@@ -195,6 +245,8 @@ impl World {
         ));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the work directory {}", dir.display()))?;
+        // Until `Owned` takes it over, a failed start removes the directory.
+        let mut dir_guard = DirGuard(Some(dir.clone()));
 
         say(&format!(
             "phase: starting a throwaway PostgreSQL, Redis and the gateway simulator (work dir {})",
@@ -252,6 +304,7 @@ impl World {
             binary.display(),
             flags.join(" ")
         ));
+        dir_guard.0 = None;
         let mut owned = Owned {
             replicas: Vec::new(),
             pg: Arc::new(pg),
@@ -311,11 +364,23 @@ impl World {
             gateway_url: sim_url,
             operator_clients: clients_for(&operators, &channels)?,
             reviewer_clients: clients_for(&reviewers, &channels)?,
+            in_flight: urls.iter().map(|_| Default::default()).collect(),
+            next_call: AtomicU64::new(0),
             operators,
             reviewers,
             urls,
             owned: Some(owned),
         })
+    }
+
+    /// How long the oldest call the workload has in flight on `replica` has been waiting.
+    pub fn oldest_call(&self, replica: usize) -> Option<Duration> {
+        let calls = self
+            .in_flight
+            .get(replica)?
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        calls.values().min().map(Instant::elapsed)
     }
 
     /// The gateway simulator's base URL.
