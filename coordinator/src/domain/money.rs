@@ -105,15 +105,28 @@ impl fmt::Display for Money {
 pub fn check_amount_minor(amount_minor: i64) -> Result<(), String> {
     if amount_minor <= 0 {
         return Err(format!(
-            "must be greater than 0 (minor units); got {amount_minor}"
+            "must be greater than 0 (minor units); got {}",
+            shown_amount(amount_minor)
         ));
     }
     if amount_minor > MAX_AMOUNT_MINOR {
         return Err(format!(
-            "must be at most {MAX_AMOUNT_MINOR} minor units; got {amount_minor}"
+            "must be at most {MAX_AMOUNT_MINOR} minor units; got {}",
+            shown_amount(amount_minor)
         ));
     }
     Ok(())
+}
+
+/// A refused amount as a refusal may repeat it: a number of 12 digits or more could be a card
+/// number typed into the wrong field, and is never repeated (found by the property tests).
+pub(crate) fn shown_amount(amount: i64) -> String {
+    let digits = amount.unsigned_abs().to_string().len();
+    if digits < 12 {
+        amount.to_string()
+    } else {
+        format!("a number of {digits} digits")
+    }
 }
 
 #[cfg(test)]
@@ -171,5 +184,23 @@ mod tests {
         assert!(Money::new(100_000_000, usd).is_err());
         assert!(Money::new(i64::MAX, usd).is_err());
         assert_eq!(Money::new(5, usd).unwrap().currency(), usd);
+    }
+
+    #[test]
+    fn a_refusal_never_repeats_what_could_be_a_card_number() {
+        assert!(
+            check_amount_minor(100_000_000)
+                .unwrap_err()
+                .ends_with("got 100000000")
+        );
+        assert!(check_amount_minor(-5).unwrap_err().ends_with("got -5"));
+        for card in [
+            4_242_424_242_424_242,
+            -4_242_424_242_424_242,
+            424_242_424_242,
+        ] {
+            let err = check_amount_minor(card).unwrap_err();
+            assert!(!err.contains("4242"), "{err}");
+        }
     }
 }

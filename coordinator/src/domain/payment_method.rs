@@ -61,32 +61,122 @@ impl AsRef<str> for PaymentMethod {
     }
 }
 
-/// 12–19 ASCII digits, once spaces and dashes are removed, that pass the Luhn check.
+/// 12–19 digits, once separators are removed, that pass the Luhn check.
 ///
-/// Any Unicode white space (a tab, a no-break space) and any dash (`-`, `‐`, `–`, `—`, `−`) counts
-/// as a separator: stricter than the contract's "spaces or dashes", never looser.
+/// A card number pasted or typed in any shape is still one: digits are ASCII or full-width
+/// (`０`–`９`, from East Asian keyboards), and separators are any Unicode white space (a tab, a
+/// no-break space), any dash (`-`, `‐`, `–`, `—`, `−`, `﹘`, `－`…) and the invisible format
+/// characters (soft hyphen, zero-width space and joiners, direction marks, word joiner, byte
+/// order mark). Stricter than the contract's "spaces or dashes", never looser.
 pub(crate) fn looks_like_card_number(value: &str) -> bool {
     let mut digits = Vec::with_capacity(19);
     for c in value.chars() {
-        match c {
-            c if c.is_whitespace() || is_dash(c) => {}
-            '0'..='9' => {
-                if digits.len() == 19 {
-                    return false;
-                }
-                digits.push(c as u8 - b'0');
+        if let Some(d) = card_digit(c) {
+            if digits.len() == 19 {
+                return false;
             }
-            _ => return false,
+            digits.push(d);
+        } else if !is_separator(c) {
+            return false;
         }
     }
     digits.len() >= 12 && luhn_valid(&digits)
 }
 
+/// Somewhere in `text` (free text: a refund's reason, a reviewer's note), a card number: groups
+/// of digits split only by separators (see [`looks_like_card_number`]) of which consecutive ones
+/// make 12–19 digits passing Luhn. `ref 12 4242 4242 4242 4242` holds one after `12`; digits
+/// glued to other digits make another number.
+pub(crate) fn contains_card_number(text: &str) -> bool {
+    // The current run of digits and separators: its digits, and where each group begins.
+    let mut digits: Vec<u8> = Vec::new();
+    let mut groups: Vec<usize> = Vec::new();
+    let mut in_group = false;
+    for c in text.chars().chain(std::iter::once('x')) {
+        if let Some(d) = card_digit(c) {
+            if !in_group {
+                groups.push(digits.len());
+                in_group = true;
+            }
+            digits.push(d);
+        } else if is_separator(c) {
+            in_group = false;
+        } else {
+            if run_holds_card_number(&digits, &groups) {
+                return true;
+            }
+            digits.clear();
+            groups.clear();
+            in_group = false;
+        }
+    }
+    false
+}
+
+/// Whether consecutive groups of one run (`groups`: where each begins in `digits`) make 12–19
+/// digits passing Luhn.
+fn run_holds_card_number(digits: &[u8], groups: &[usize]) -> bool {
+    groups.iter().enumerate().any(|(i, &from)| {
+        groups[i + 1..]
+            .iter()
+            .copied()
+            .chain(std::iter::once(digits.len()))
+            .take_while(|&to| to - from <= 19)
+            .any(|to| to - from >= 12 && luhn_valid(&digits[from..to]))
+    })
+}
+
+/// A decimal digit's value: ASCII, or full-width.
+fn card_digit(c: char) -> Option<u8> {
+    match c {
+        '0'..='9' => Some(c as u8 - b'0'),
+        '\u{ff10}'..='\u{ff19}' => Some((u32::from(c) - 0xff10) as u8),
+        _ => None,
+    }
+}
+
+/// What may stand between a card number's digits.
+fn is_separator(c: char) -> bool {
+    c.is_whitespace() || is_dash(c) || is_invisible(c)
+}
+
+/// Unicode's dash punctuation (Pd), and the minus sign.
 fn is_dash(c: char) -> bool {
-    matches!(
-        c,
-        '-' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe63}' | '\u{ff0d}'
-    )
+    const DASHES: &[char] = &[
+        '-',
+        '\u{058a}',
+        '\u{05be}',
+        '\u{1400}',
+        '\u{1806}',
+        '\u{2e17}',
+        '\u{2e1a}',
+        '\u{2e3a}',
+        '\u{2e3b}',
+        '\u{2e40}',
+        '\u{2e5d}',
+        '\u{301c}',
+        '\u{3030}',
+        '\u{30a0}',
+        '\u{fe31}',
+        '\u{fe32}',
+        '\u{fe58}',
+        '\u{fe63}',
+        '\u{ff0d}',
+        '\u{10ead}',
+        '\u{2212}',
+    ];
+    ('\u{2010}'..='\u{2015}').contains(&c) || DASHES.contains(&c)
+}
+
+/// Format characters that show nothing: soft hyphen, Mongolian vowel separator, zero-width space,
+/// non-joiner and joiner, direction marks, embeddings and isolates, word joiner and invisible
+/// operators, byte order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{180e}' | '\u{feff}')
+        || ('\u{200b}'..='\u{200f}').contains(&c)
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2060}'..='\u{2064}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// The Luhn (mod 10) check over decimal digits, rightmost being the check digit.
@@ -176,12 +266,39 @@ mod tests {
             "4242424242424242\t",
             "4242\u{a0}4242\u{a0}4242\u{a0}4242",
             "4242–4242–4242–4242",
+            "4242\u{fe58}4242\u{fe58}4242\u{fe58}4242", // small em dash
+            "4242\u{200b}4242\u{200b}4242\u{200b}4242", // zero-width space
+            "4242\u{ad}4242\u{ad}4242\u{ad}4242",       // soft hyphen
+            "４２４２ ４２４２ ４２４２ ４２４２",      // full-width digits
         ] {
             assert!(
                 PaymentMethod::parse(card)
                     .unwrap_err()
                     .contains("card number")
             );
+        }
+    }
+
+    #[test]
+    fn card_numbers_inside_text() {
+        for text in [
+            "card 4242 4242 4242 4242",
+            "ref 12 4242 4242 4242 4242",
+            "4242-4242-4242-4242 12",
+            "paid with 4242‐4242‐4242‐4242 (hyphens)",
+            "ticket 7, card ４２４２４２４２４２４２４２４２.",
+            "12 4242424242424242 7",
+            "pm_4242424242424242a",
+        ] {
+            assert!(contains_card_number(text), "{text:?}");
+        }
+        for text in [
+            "order 42, 4242424242424241", // fails Luhn
+            "12424242424242424242",       // 20 digits: another number
+            "no digits at all",
+            "2024-05-17 14:30",
+        ] {
+            assert!(!contains_card_number(text), "{text:?}");
         }
     }
 

@@ -5,7 +5,7 @@ use payments_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use super::ids::{CustomerId, OrderId, ProductId, RequestKey};
-use super::money::{Currency, MAX_AMOUNT_MINOR, Money, check_amount_minor};
+use super::money::{Currency, MAX_AMOUNT_MINOR, Money, check_amount_minor, shown_amount};
 use super::payment_method::PaymentMethod;
 use super::violations::Violations;
 
@@ -44,7 +44,7 @@ impl LineItem {
                 format!("{prefix}.unit_amount_minor"),
                 format!(
                     "must be between 0 and {MAX_AMOUNT_MINOR} minor units; got {}",
-                    item.unit_amount_minor
+                    shown_amount(item.unit_amount_minor)
                 ),
             );
         }
