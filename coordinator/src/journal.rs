@@ -293,6 +293,24 @@ fn decode(order_id: &str, attempt: i32, bytes: &[u8]) -> Result<Entry, CorruptEn
     })
 }
 
+/// Decodes a value stored under `(order_id, attempt)` exactly as `Journal::get` and
+/// `Journal::pending` do: the entry, or why it is corrupt (what `pending` quarantines). Public
+/// for the property tests and the fuzz target `journal_record` (fuzz/), which feed it any bytes.
+pub fn decode_record(order_id: &str, attempt: i32, bytes: &[u8]) -> Result<Entry, CorruptEntry> {
+    decode(order_id, attempt, bytes)
+}
+
+/// Encodes a record exactly as `Journal::record` stores it (journaled now, by `replica`).
+/// Public for the property tests and the fuzz target, with [`decode_record`].
+pub fn encode_record(
+    fence: &Fence,
+    finish: &Finish,
+    actor: &str,
+    replica: &str,
+) -> Result<Vec<u8>, JournalError> {
+    encode(fence, finish, actor, replica)
+}
+
 /// The journal of one replica. Cheap to clone; the file is locked by redb for this process.
 #[derive(Clone)]
 pub struct Journal {
