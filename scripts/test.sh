@@ -47,7 +47,7 @@ ensure_redis
 
 say "cargo test"
 # tests/tests/crash.rs runs the real coordinator binary (kill -9, SIGSTOP), tests/tests/payctl.rs
-# the real payctl binary, tests/tests/checker.rs the real booking-sim binary (`booking-sim check`):
+# the real payctl binary, tests/tests/checker.rs and secrets.rs the real booking-sim binary:
 # build them first (also when only some tests are asked for).
 cargo build --quiet -p coordinator -p payctl -p booking-sim --bins
 cargo test --workspace "$@"
