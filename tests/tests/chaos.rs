@@ -44,6 +44,15 @@ async fn a_short_chaos_run_with_every_fault_kind_passes_the_checker() {
         outcome.report.ok(),
         "the invariant checker failed:\n{summary}"
     );
+    // The simulator has every capability (idempotency, lookup, cancel): every doubt must be
+    // resolved from the gateway, none left to a reviewer.
+    assert_eq!(
+        outcome
+            .report
+            .value(booking_sim::checker::names::MANUAL_REVIEWS),
+        0,
+        "{summary}"
+    );
     // The run did pay orders, and the racing callers were refused rather than let through.
     assert!(
         outcome.settled.states.get("PAID").copied().unwrap_or(0) > 0,

@@ -486,15 +486,27 @@ fn draw_fault(rng: &mut StdRng, kind: FaultKind, params: &ScheduleParams) -> Fau
         },
         _ => {
             // Charging calls always (one_shot has no confirm); refunds and look-ups sometimes.
+            // A fault that acts after the charge must meet a call that charges: under two_phase
+            // that is the confirm only (a create charges nothing), and nothing else may take the
+            // forced fault first. (The draws stay in the same order, so the rest of a seed's
+            // schedule is unchanged.)
+            let after_charge = matches!(
+                kind,
+                FaultKind::Timeout | FaultKind::Error500After | FaultKind::DropAfterCharge
+            );
             let mut operations = match (rng.random_range(0..3), params.one_shot) {
                 (_, true) | (0, false) => vec!["create"],
                 (1, false) => vec!["confirm"],
                 _ => vec!["create", "confirm"],
             };
-            if rng.random_bool(0.3) {
+            if after_charge && !params.one_shot {
+                operations = vec!["confirm"];
+            }
+            let (with_refunds, with_lookups) = (rng.random_bool(0.3), rng.random_bool(0.15));
+            if with_refunds && !after_charge {
                 operations.push("refund");
             }
-            if rng.random_bool(0.15) {
+            if with_lookups && !after_charge {
                 operations.push("get");
             }
             let timeout_ms = params.gateway_timeout.as_millis() as u64;
@@ -529,6 +541,24 @@ mod tests {
             gateway_timeout: Duration::from_millis(1500),
             one_shot: false,
         }
+    }
+
+    #[test]
+    fn two_phase_faults_after_the_charge_hit_confirms_only() {
+        let s = Schedule::generate(&params(11, 2000));
+        let mut seen = 0;
+        for entry in &s.faults {
+            if let Fault::Sim { kind, sim, .. } = &entry.fault
+                && matches!(
+                    kind,
+                    FaultKind::Timeout | FaultKind::Error500After | FaultKind::DropAfterCharge
+                )
+            {
+                assert_eq!(sim.operations, ["confirm"], "{entry:?}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3);
     }
 
     #[test]
