@@ -132,9 +132,17 @@ pub fn key_ok(s: &str) -> bool {
     (1..=255).contains(&s.chars().count()) && !s.chars().any(char::is_control) && s.len() <= 1024
 }
 
-/// `payment_method`: 1–255 characters, no control characters, never a card number.
+/// `payment_method`: 1–255 characters, no control characters, never a card number; with other
+/// characters than digits and separators, no card number inside either.
 pub fn payment_method_ok(s: &str) -> bool {
-    (1..=255).contains(&s.chars().count()) && !s.chars().any(char::is_control) && !is_card_number(s)
+    let mixed = s
+        .chars()
+        .any(|c| card_digit(c).is_none() && !is_card_separator(c));
+    let hides_a_card = mixed && contains_card_number(s);
+    (1..=255).contains(&s.chars().count())
+        && !s.chars().any(char::is_control)
+        && !is_card_number(s)
+        && !hides_a_card
 }
 
 /// Operators' free text, once trimmed: 1–500 characters, no control characters but line breaks,

@@ -13,8 +13,9 @@ pub const MAX_PAYMENT_METHOD_CHARS: usize = 255;
 pub struct PaymentMethod(String);
 
 impl PaymentMethod {
-    /// Accepts 1–255 characters without control characters that are not a card number: a string
-    /// that, once spaces and dashes are removed, is 12–19 ASCII digits passing the Luhn check.
+    /// Accepts 1–255 characters without control characters that are not a card number (12–19
+    /// digits passing the Luhn check, groups joined by any white space, dash or invisible
+    /// separator) and, when other characters are present, do not carry one inside.
     ///
     /// The error never quotes the value: it may be a card number, which must not reach logs or
     /// error messages.
@@ -25,7 +26,12 @@ impl PaymentMethod {
                 "is required (a gateway payment method token such as pm_card_visa)".to_owned(),
             );
         }
-        if looks_like_card_number(&value) {
+        // Digits and separators alone are judged whole (CONTRACT §3: 12–19 digits passing Luhn);
+        // other text must not carry one inside (`card 4242 4242 4242 4242 12/27`).
+        let mixed = value
+            .chars()
+            .any(|c| card_digit(c).is_none() && !is_separator(c));
+        if looks_like_card_number(&value) || (mixed && contains_card_number(&value)) {
             return Err(
                 "looks like a card number; send the gateway's payment method token (such as \
                  pm_card_visa) instead, never card details"
@@ -247,11 +253,19 @@ mod tests {
             "42424242424",          // 11 digits
             "00000000000",          // 11 digits, Luhn-valid
             "00000000000000000000", // 20 digits, Luhn-valid
-            "4242424242424242a",    // not only digits
-            "pm_4242424242424242",
-            "4242.4242.4242.4242", // dots are not spaces or dashes
+            "4242.4242.4242.4242",  // dots are not spaces or dashes
+            "pm_1234567890",
         ] {
             assert!(PaymentMethod::parse(ok).is_ok(), "{ok:?} refused");
+        }
+        // A card number inside other text is refused, and not quoted.
+        for hidden in [
+            "4242424242424242a",
+            "pm_4242424242424242",
+            "card 4242 4242 4242 4242 12/27",
+        ] {
+            let refused = PaymentMethod::parse(hidden).expect_err(hidden);
+            assert!(!refused.contains("4242"), "{refused}");
         }
     }
 
