@@ -142,6 +142,10 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub breaker_probes: u32,
 
+    /// Log lines: `text` (human-readable, the default) or `json` (one object per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+
     /// Where traces go (OTLP); unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -271,6 +275,7 @@ impl fmt::Debug for Settings {
             .field("breaker_failure_percent", &self.breaker_failure_percent)
             .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
             .field("breaker_probes", &self.breaker_probes)
+            .field("log_format", &self.log_format)
             .field(
                 "otel_exporter_otlp_endpoint",
                 &self.otel_exporter_otlp_endpoint,
@@ -388,6 +393,16 @@ mod tests {
                 "{flag} {bad}"
             );
         }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(parse(&[]).log_format, crate::telemetry::LogFormat::Text);
+        assert_eq!(
+            parse(&["--log-format", "json"]).log_format,
+            crate::telemetry::LogFormat::Json
+        );
+        assert!(Settings::try_parse_from(["coordinator", "--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    telemetry::init();
+    telemetry::init(settings.log_format);
     let app = Application::build(&settings).await?;
     if !app.dev_keys.is_empty() {
         // --dev only: shown once on stdout so a developer can call the API; never logged.
