@@ -956,6 +956,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Tests run in parallel threads of one process: a callsite first met on another thread
+        // (no subscriber there) may have cached "never interested"; recompute with ours in place.
+        tracing::callsite::rebuild_interest_cache();
 
         let server = serve(vec![
             canned(429, &[("retry-after", "0")], ""),
