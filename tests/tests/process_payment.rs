@@ -763,15 +763,17 @@ async fn refusals_name_the_holder_and_the_server_outlives_the_callers_deadline()
     let env = TestEnv::new().await;
     let replica = env.replica("r0", &[]).await;
     env.sim_control
-        .set_faults(json!({ "latency_ms": 1500 }))
+        .set_faults(json!({ "latency_ms": 6000 }))
         .await
         .expect("slow gateway");
     let mut alice = replica.client(OPERATOR).await;
     let mut bob = replica.client(OPERATOR_2).await;
 
-    // Alice waits for the outcome, but only half a second: she gets the current state in time.
+    // Alice waits for the outcome, but only 3 s (the gateway takes 6 s): she gets the current
+    // state in time. (The server answers a tenth of her deadline early: 300 ms leave room for
+    // a loaded machine; with 500 ms, 50 ms did not always.)
     let mut request = tonic::Request::new(pay("held", 900, "alice-1", "pm_card_visa"));
-    request.set_timeout(std::time::Duration::from_millis(500));
+    request.set_timeout(std::time::Duration::from_millis(3000));
     let early = alice
         .process_payment(request)
         .await
