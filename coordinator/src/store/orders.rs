@@ -85,39 +85,63 @@ impl Store {
         .transpose()
     }
 
-    /// The order with every attempt, oldest first; `None` if unknown. One statement: one snapshot.
+    /// The order with every attempt (and refund), oldest first; `None` if unknown. Everything is
+    /// read from one snapshot: an order without refunds in one statement; an order with refunds
+    /// again in a read-only repeatable-read transaction, so that the refunds and the order's
+    /// refunded total (written by one transaction) can never be seen half-way.
     pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {ORDER_COLUMNS}, {ATTEMPT_COLUMNS} \
-                 FROM orders o LEFT JOIN attempts a ON a.order_id = o.order_id \
-                 WHERE o.order_id = $1 ORDER BY a.number"
-            ))
-            .await?;
+        let mut client = self.client().await?;
+        let order_sql = format!(
+            "SELECT {ORDER_COLUMNS}, {ATTEMPT_COLUMNS} \
+             FROM orders o LEFT JOIN attempts a ON a.order_id = o.order_id \
+             WHERE o.order_id = $1 ORDER BY a.number"
+        );
+        let statement = client.prepare_cached(&order_sql).await?;
         let rows = client.query(&statement, &[&order_id]).await?;
-        let Some(first) = rows.first() else {
+        let Some(order) = order_from_rows(&rows)? else {
             return Ok(None);
         };
-        let mut order = order_from_row(first)?;
-        for row in &rows {
-            if column::<Option<i32>>(row, "number")?.is_some() {
-                order.attempts.push(attempt_from_row(row)?);
-            }
+        // Most orders never see a refund: they cost one statement. Refunds are few and only on
+        // paid orders, so reading such an order twice is cheap.
+        if order.refund_count == 0 {
+            return Ok(Some(order));
         }
-        // Refunds are few and only on paid orders: a second, indexed read (by primary key).
-        if order.refund_count > 0 {
-            let statement = client
-                .prepare_cached(&format!(
-                    "SELECT {REFUND_COLUMNS} FROM refunds r WHERE r.order_id = $1 ORDER BY r.number"
-                ))
-                .await?;
-            for row in client.query(&statement, &[&order_id]).await? {
-                order.refunds.push(refund_from_row(&row)?);
-            }
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let statement = tx.prepare_cached(&order_sql).await?;
+        let rows = tx.query(&statement, &[&order_id]).await?;
+        let Some(mut order) = order_from_rows(&rows)? else {
+            return Ok(None);
+        };
+        let statement = tx
+            .prepare_cached(&format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds r WHERE r.order_id = $1 ORDER BY r.number"
+            ))
+            .await?;
+        for row in tx.query(&statement, &[&order_id]).await? {
+            order.refunds.push(refund_from_row(&row)?);
         }
+        tx.commit().await?;
         Ok(Some(order))
     }
+}
+
+/// The order and its attempts from the rows of `ORDER_COLUMNS` joined with `ATTEMPT_COLUMNS`.
+fn order_from_rows(rows: &[Row]) -> Result<Option<OrderRecord>, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut order = order_from_row(first)?;
+    for row in rows {
+        if column::<Option<i32>>(row, "number")?.is_some() {
+            order.attempts.push(attempt_from_row(row)?);
+        }
+    }
+    Ok(Some(order))
 }
 
 /// A column, or `Corrupt` if it does not convert: a conversion failure is the schema and the code
