@@ -157,6 +157,9 @@ pub struct WatchBenchArgs {
     /// The coordinator replica's gRPC URL (one replica).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// TLS towards an https:// coordinator: CA bundle and client certificate (mTLS).
+    #[command(flatten, next_help_heading = "TLS (an https:// --coordinator)")]
+    pub tls: payments_client::TlsFiles,
     /// An API key with role operator (it pays and watches).
     #[arg(long, env = "BENCH_API_KEY", hide_env_values = true)]
     pub api_key: String,
@@ -203,6 +206,9 @@ pub struct RaceArgs {
     /// Coordinator replicas' gRPC URLs, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
     pub coordinators: Vec<String>,
+    /// TLS towards https:// coordinators: CA bundle and client certificate (mTLS).
+    #[command(flatten, next_help_heading = "TLS (https:// --coordinators)")]
+    pub tls: payments_client::TlsFiles,
     /// Operators' API keys, comma-separated (env RACE_OPERATOR_KEYS).
     #[arg(
         long,
@@ -284,6 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 callers_per_order: args.callers,
                 gateway_latency_ms: args.gateway_latency_ms,
                 order_prefix: prefix,
+                tls: args.tls,
             })
             .await
         }
@@ -293,6 +300,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("watch-{}", unix_seconds()));
             booking_sim::watch_bench::run(booking_sim::watch_bench::WatchBenchArgs {
                 coordinator: args.coordinator,
+                tls: args.tls,
                 api_key: args.api_key,
                 events_api_key: args.events_api_key,
                 gateway_url: args.gateway_url,

@@ -32,6 +32,8 @@ pub struct RaceArgs {
     pub gateway_latency_ms: u64,
     /// Order ids are `{prefix}-{n}`.
     pub order_prefix: String,
+    /// TLS towards https:// coordinators.
+    pub tls: payments_client::TlsFiles,
 }
 
 #[derive(Clone)]
@@ -133,8 +135,7 @@ pub async fn run(args: RaceArgs) -> anyhow::Result<()> {
 
     let mut channels = Vec::new();
     for url in &args.coordinators {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .with_context(|| format!("bad coordinator URL {url}"))?
+        let channel = payments_client::endpoint(url, &args.tls)?
             .connect()
             .await
             .with_context(|| format!("connecting to the coordinator at {url}"))?;

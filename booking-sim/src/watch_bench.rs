@@ -43,6 +43,8 @@ pub const DELIVERY_P99_BUDGET: Duration = Duration::from_millis(50);
 pub struct WatchBenchArgs {
     /// gRPC URL of the one replica under test.
     pub coordinator: String,
+    /// TLS towards an https:// coordinator.
+    pub tls: watch::TlsFiles,
     /// A key with role operator (pays and watches orders).
     pub api_key: String,
     /// A key with role service or admin, for the `WatchEvents` follower (operators may not
@@ -334,10 +336,10 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<()> {
     );
 
     // Phase 1: connections.
-    let main = WatchClient::connect(&args.coordinator, &args.api_key).await?;
+    let main = WatchClient::connect(&args.coordinator, &args.tls, &args.api_key).await?;
     let mut idle_clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let channel = watch::connect_channel(&args.coordinator).await?;
+        let channel = watch::connect_channel(&args.coordinator, &args.tls).await?;
         idle_clients.push(WatchClient::with_channel(channel, &args.api_key)?);
     }
     println!(
@@ -526,7 +528,7 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<()> {
     )));
     let feed_terminal = Arc::new(AtomicUsize::new(0));
     let events_key = args.events_api_key.as_deref().unwrap_or(&args.api_key);
-    let mut follower = WatchClient::connect(&args.coordinator, events_key)
+    let mut follower = WatchClient::connect(&args.coordinator, &args.tls, events_key)
         .await?
         .follow_events(start_cursor);
     let follower = match follower.open().await {

@@ -19,6 +19,24 @@ pub struct Settings {
     #[arg(long, env = "COORDINATOR_LISTEN", default_value = "127.0.0.1:50051")]
     pub coordinator_listen: SocketAddr,
 
+    /// PEM certificate chain of the gRPC port; with TLS_KEY_FILE the port serves TLS only.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of TLS_CERT_FILE's certificate.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM CA bundle: every client must present a certificate signed by it (mTLS); needs
+    /// TLS_CERT_FILE.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// An extra plain-text address serving only grpc.health.v1 (for probes that cannot present
+    /// a client certificate); unset: none.
+    #[arg(long, env = "HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// PostgreSQL connection URL.
     #[arg(
         long,
@@ -252,6 +270,10 @@ impl fmt::Debug for Settings {
         // DATABASE_URL may carry a password: show only that it is set.
         f.debug_struct("Settings")
             .field("coordinator_listen", &self.coordinator_listen)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_client_ca_file", &self.tls_client_ca_file)
+            .field("health_listen", &self.health_listen)
             .field("database_url", &redact_url_password(&self.database_url))
             .field("redis_url", &redact_url_password(&self.redis_url))
             .field("redis_key_prefix", &self.redis_key_prefix)

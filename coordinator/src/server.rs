@@ -40,6 +40,10 @@ const HAND_OVER_BOUND: Duration = Duration::from_secs(5);
 /// A bound, not yet serving coordinator; tests build it on port 0.
 pub struct Application {
     listener: TcpListener,
+    /// TLS_CERT_FILE / TLS_KEY_FILE (and TLS_CLIENT_CA_FILE); `None`: plain text.
+    tls: Option<crate::tls::ServerTls>,
+    /// HEALTH_LISTEN: the plain-text, health-only port.
+    health_listener: Option<TcpListener>,
     replica: String,
     keys: Arc<KeyStore>,
     /// Each API key's request budget (RATE_LIMIT_*, or the key's own in API_KEYS_FILE).
@@ -81,6 +85,8 @@ impl Application {
             ),
         };
 
+        let tls = crate::tls::ServerTls::from_settings(settings)?;
+
         // The journal first: a replica that cannot keep outcomes PostgreSQL cannot take must not
         // start payments (CONTRACT §1.3).
         let journal = Journal::open_as(&settings.journal_dir, &replica).with_context(|| {
@@ -113,6 +119,14 @@ impl Application {
         let listener = TcpListener::bind(settings.coordinator_listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.coordinator_listen))?;
+        let health_listener = match settings.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on HEALTH_LISTEN {addr}"))?,
+            ),
+            None => None,
+        };
         let tracker = TaskTracker::new();
         let feed_stop = CancellationToken::new();
         let feed = Feed::start(
@@ -150,6 +164,8 @@ impl Application {
         };
         Ok(Self {
             listener,
+            tls,
+            health_listener,
             replica,
             limits: Arc::new(RateLimiters::new(&keys, settings.rate_limit())),
             grace: settings.shutdown_grace(),
@@ -164,6 +180,11 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The health-only port's address (HEALTH_LISTEN), if any.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref()?.local_addr().ok()
     }
 
     /// This replica's outcome journal (JOURNAL_DIR), e.g. for tests to see what it holds.
@@ -227,10 +248,17 @@ impl Application {
         // drain tells open connections to go away (`stop_serving`, tonic's graceful shutdown).
         let stop_accepting = CancellationToken::new();
         let stop_serving = CancellationToken::new();
+        if let Some(listener) = self.health_listener {
+            // Stops with the main port: NOT_SERVING through the drain, then closed.
+            let (reporter, stop) = (health.reporter.clone(), stop_serving.clone());
+            tracker.spawn(crate::health_port::serve(listener, reporter, stop));
+        }
 
-        tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, "coordinator listening");
+        let tls = self.tls.as_ref();
+        let mtls = tls.is_some_and(|t| t.mutual());
+        tracing::info!(addr = %self.listener.local_addr()?, replica = %self.replica, tls = tls.is_some(), mtls, "coordinator listening");
         let mut server = Box::pin(
-            tonic::transport::Server::builder()
+            crate::tls::server_builder(tls)?
                 // Callers cancel calls whose deadline passed (RST_STREAM); h2's default (20 such
                 // resets pending at once) then closes the whole connection, failing every other
                 // call on it. Rapid-reset floods stay bounded by this limit and the per-caller

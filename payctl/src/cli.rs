@@ -48,6 +48,10 @@ pub struct Cli {
     )]
     pub key_file: Option<PathBuf>,
 
+    /// TLS towards an https:// --server: CA bundle and client certificate (mTLS).
+    #[command(flatten, next_help_heading = "TLS (an https:// --server)")]
+    pub tls: payments_client::TlsFiles,
+
     /// Machine-readable output: one JSON document per command (one object per line for
     /// `watch`); errors as one JSON object on stderr.
     #[arg(long, global = true, help_heading = "Global options")]

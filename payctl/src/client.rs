@@ -4,7 +4,7 @@
 
 use std::{future::Future, path::Path, time::Duration};
 
-use payments_client::{Bearer, Client, WatchClient};
+use payments_client::{Bearer, Client, TlsFiles, WatchClient};
 use tonic::{Request, Response, Status, transport::Endpoint};
 
 use crate::exit::Failure;
@@ -24,10 +24,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Checks the URL and the key, then connects now (so an unreachable coordinator fails
-    /// here, with exit 4).
+    /// Checks the URL, the TLS files and the key, then connects now (so an unreachable
+    /// coordinator, or one that refuses the TLS handshake, fails here, with exit 4).
     pub async fn connect(
         server: &str,
+        tls: &TlsFiles,
         key_file: Option<&Path>,
         timeout: Duration,
     ) -> Result<Conn, Failure> {
@@ -43,9 +44,13 @@ impl Conn {
                 Bearer::anonymous()
             }
         };
-        let channel = payments_client::connect_channel(server)
-            .await
-            .map_err(Failure::Unreachable)?;
+        let endpoint =
+            payments_client::endpoint(server, tls).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            Failure::Unreachable(
+                anyhow::Error::new(e).context(format!("connecting to the coordinator at {server}")),
+            )
+        })?;
         Ok(Conn {
             watch: WatchClient::with_bearer(channel, bearer),
             timeout,

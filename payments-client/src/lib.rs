@@ -2,6 +2,8 @@
 //! (`booking-sim watch-bench`, `payctl`): the bearer key on every call, one connection, and the
 //! event streams (`WatchOrder`, `WatchEvents`) with a follower that survives its replica.
 //!
+//! - [`endpoint`]: the coordinator's URL and, for `https://`, TLS ([`TlsFiles`]: a CA bundle and a
+//!   client certificate for mTLS, `COORDINATOR_TLS_*`); every connection is built by it.
 //! - [`WatchClient`]: one coordinator URL and an API key (sent as `authorization: Bearer …`);
 //!   [`WatchClient::watch_order`] and [`WatchClient::watch_events`] open one stream each, as the
 //!   server gives it (it ends on an error, at the server's shutdown, or after a terminal event with
@@ -14,6 +16,8 @@
 //!   consumer never misses nor sees twice an event. Other refusals (`UNAUTHENTICATED`,
 //!   `PERMISSION_DENIED`, `NOT_FOUND`, `INVALID_ARGUMENT`) are the caller's to handle.
 
+mod endpoint;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -22,8 +26,10 @@ use tonic::{
     Code, Request, Status, Streaming,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
+
+pub use endpoint::{TlsFiles, endpoint};
 
 /// Adds `authorization: Bearer <api key>` to every call (no `Debug`: it holds the key).
 #[derive(Clone)]
@@ -60,13 +66,11 @@ impl Interceptor for Bearer {
 /// The generated client with the bearer interceptor, for the other RPCs.
 pub type Client = PaymentCoordinatorClient<InterceptedService<Channel, Bearer>>;
 
-/// Opens one HTTP/2 connection to `url` (`http://host:port`) now. Each call gives a connection of
-/// its own: spread many streams over several with [`WatchClient::with_channel`].
-pub async fn connect_channel(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("bad coordinator URL {url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
+/// Opens one HTTP/2 connection to `url` (`http://host:port`, or `https://` with `tls`) now.
+/// Each call gives a connection of its own: spread many streams over several with
+/// [`WatchClient::with_channel`].
+pub async fn connect_channel(url: &str, tls: &TlsFiles) -> anyhow::Result<Channel> {
+    endpoint(url, tls)?
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {url}"))
@@ -81,8 +85,8 @@ pub struct WatchClient {
 
 impl WatchClient {
     /// Connects to `url` now (fails if nothing answers).
-    pub async fn connect(url: &str, api_key: &str) -> anyhow::Result<WatchClient> {
-        WatchClient::with_channel(connect_channel(url).await?, api_key)
+    pub async fn connect(url: &str, tls: &TlsFiles, api_key: &str) -> anyhow::Result<WatchClient> {
+        WatchClient::with_channel(connect_channel(url, tls).await?, api_key)
     }
 
     /// Over an existing connection.

@@ -20,6 +20,7 @@ async fn race_driver_charges_every_order_once() {
         callers_per_order: 4,
         gateway_latency_ms: 200,
         order_prefix: "driver".into(),
+        tls: Default::default(),
     })
     .await
     .expect("every order charged exactly once");

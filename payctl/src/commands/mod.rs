@@ -40,5 +40,5 @@ pub async fn run(cli: &Cli) -> Result<Exit, Failure> {
 }
 
 async fn connect(cli: &Cli) -> Result<Conn, Failure> {
-    Conn::connect(&cli.server, cli.key_file.as_deref(), cli.timeout).await
+    Conn::connect(&cli.server, &cli.tls, cli.key_file.as_deref(), cli.timeout).await
 }
