@@ -16,9 +16,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_client::{
-    CreateIntent, Flow, GatewayClient, IdempotencyKey, Outcome, PaymentIntent, Reply,
-};
+use gateway_client::{CreateIntent, Flow, IdempotencyKey, Outcome, PaymentIntent, Reply};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -99,7 +97,8 @@ pub struct Runner {
     /// Nudged after each commit with events, so they are stamped and delivered promptly.
     pub feed: Option<crate::feed::Feed>,
     pub leases: Option<Leases>,
-    pub gateway: GatewayClient,
+    /// The gateway client, every call timed into the metrics.
+    pub gateway: crate::metrics::TimedGateway,
     pub board: OutcomeBoard,
     pub replica: String,
     pub recovery: crate::recovery::RecoveryConfig,
@@ -113,6 +112,7 @@ pub struct Runner {
     /// Whether new payments are accepted (admin pause, gateway circuit breaker); every charging
     /// call of an attempt is recorded in its window.
     pub gate: crate::control::PaymentsGate,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// How a graceful shutdown bounds the attempt tasks of this replica.
@@ -223,6 +223,7 @@ impl Runner {
             fence = job.fence.token,
         );
         async move {
+            let _in_flight = self.metrics.attempt_in_flight();
             let drive = self.with_heartbeat(&job.fence, self.drive(&job));
             tokio::pin!(drive);
             let outcome = match (&self.leases, &job.lease) {
@@ -426,10 +427,11 @@ impl Runner {
         loop {
             match write_outcome(&self.store, fence, finish, actor, step).await {
                 Ok(written) => {
-                    if written == Written::Applied
-                        && let Some(feed) = &self.feed
-                    {
-                        feed.nudge();
+                    if written == Written::Applied {
+                        self.metrics.payment_finished(finish, step);
+                        if let Some(feed) = &self.feed {
+                            feed.nudge();
+                        }
                     }
                     if let Some(hold) = journaled.take() {
                         self.unjournal(fence).await;
@@ -611,6 +613,8 @@ impl Runner {
         match self.store.schedule_next_check(fence, Duration::ZERO).await {
             Ok(Fenced::Applied) => {
                 self.drain.handed_over.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .recovery_action(crate::metrics::RecoveryAction::HandedOverAtShutdown);
                 tracing::info!("shutdown: attempt left to the recovery worker");
             }
             Ok(Fenced::Superseded) => {}

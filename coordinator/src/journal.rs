@@ -658,6 +658,7 @@ pub struct Drainer {
     pub journal: Journal,
     pub store: Store,
     pub feed: Option<crate::feed::Feed>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// How often the drainer looks at the journal.
@@ -699,6 +700,7 @@ impl Drainer {
                     match written {
                         Written::Applied => {
                             pass.applied += 1;
+                            self.metrics.payment_finished(&entry.finish, "journal");
                             if let Some(feed) = &self.feed {
                                 feed.nudge();
                             }

@@ -14,6 +14,7 @@ pub mod feed;
 pub mod health_port;
 pub mod journal;
 pub mod lease;
+pub mod metrics;
 pub mod recovery;
 pub mod refunding;
 pub mod server;

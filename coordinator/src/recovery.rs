@@ -203,6 +203,8 @@ impl Runner {
                      worker, next check in {after:?}"
                 );
                 tracing::warn!(%note, "recovery");
+                self.metrics
+                    .recovery_action(crate::metrics::RecoveryAction::Deferred);
                 if self.history(&case.fence, "recovery", &note).await {
                     let _ = self.store.schedule_next_check(&case.fence, after).await;
                 }
@@ -221,6 +223,8 @@ impl Runner {
             };
             let action = decide(&situation);
             tracing::info!(?action, known = ?case.known, intent_id = ?case.intent_id, tries = total, "recovery decision");
+            self.metrics
+                .recovery_action(crate::metrics::RecoveryAction::Decided((&action).into()));
             let (step, reply) = match &action {
                 Action::Wait(after) => {
                     if !self
@@ -558,6 +562,10 @@ impl Runner {
         tracing::Instrument::instrument(
             async move {
                 tracing::info!(%note, "recovery");
+                runner
+                    .metrics
+                    .recovery_action(crate::metrics::RecoveryAction::TakenOver);
+                let _in_flight = runner.metrics.attempt_in_flight();
                 if !runner.history(&fence, "recovery", &note).await {
                     return;
                 }

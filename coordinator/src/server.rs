@@ -28,7 +28,7 @@ use crate::{
 /// connection is closed (h2's defence against rapid-reset floods; its default is 20).
 const MAX_PENDING_RESET_STREAMS: usize = 1024;
 /// PostgreSQL connections per replica.
-const POOL_SIZE: usize = 16;
+pub const POOL_SIZE: usize = 16;
 /// How often health re-checks PostgreSQL.
 const HEALTH_PERIOD: Duration = Duration::from_secs(1);
 /// Longest pause between connection attempts while PostgreSQL is unreachable at start-up.
@@ -40,6 +40,8 @@ const HAND_OVER_BOUND: Duration = Duration::from_secs(5);
 /// A bound, not yet serving coordinator; tests build it on port 0.
 pub struct Application {
     listener: TcpListener,
+    /// METRICS_LISTEN: `GET /metrics`.
+    metrics_listener: TcpListener,
     /// TLS_CERT_FILE / TLS_KEY_FILE (and TLS_CLIENT_CA_FILE); `None`: plain text.
     tls: Option<crate::tls::ServerTls>,
     /// HEALTH_LISTEN: the plain-text, health-only port.
@@ -105,6 +107,7 @@ impl Application {
         )
         .await
         .context("connecting to Redis (REDIS_URL)")?;
+        let metrics = crate::metrics::Metrics::new();
         let gateway = GatewayClient::new(
             GatewayConfig::new(
                 settings.gateway_url.clone(),
@@ -119,6 +122,10 @@ impl Application {
         let listener = TcpListener::bind(settings.coordinator_listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.coordinator_listen))?;
+        let metrics_addr = settings.metrics_listen;
+        let metrics_listener = TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on METRICS_LISTEN {metrics_addr}"))?;
         let health_listener = match settings.health_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -153,7 +160,7 @@ impl Application {
             feed: Some(feed.clone()),
             store,
             leases: Some(leases),
-            gateway,
+            gateway: crate::metrics::TimedGateway::new(gateway, metrics.clone()),
             board: OutcomeBoard::default(),
             replica: replica.clone(),
             recovery: settings.recovery(),
@@ -161,9 +168,11 @@ impl Application {
             stopping: CancellationToken::new(),
             drain: Drain::default(),
             gate,
+            metrics,
         };
         Ok(Self {
             listener,
+            metrics_listener,
             tls,
             health_listener,
             replica,
@@ -180,6 +189,11 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `GET /metrics` is served (METRICS_LISTEN).
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics_listener.local_addr()
     }
 
     /// The health-only port's address (HEALTH_LISTEN), if any.
@@ -221,6 +235,7 @@ impl Application {
             journal: self.runner.journal.clone(),
             store: self.runner.store.clone(),
             feed: Some(self.feed.clone()),
+            metrics: self.runner.metrics.clone(),
         };
         let worker = RecoveryWorker {
             runner: self.runner.clone(),
@@ -242,6 +257,21 @@ impl Application {
         let stopping = self.runner.stopping.clone();
         let drain = self.runner.drain.clone();
         let journal = self.runner.journal.clone();
+        let metrics = self.runner.metrics.clone();
+        // Served through the drain (attempts in flight going down), stopped with the calls.
+        let sources = crate::metrics::Sources {
+            metrics: metrics.clone(),
+            store: self.runner.store.clone(),
+            journal: journal.clone(),
+            gate: self.runner.gate.clone(),
+            feed: self.feed.clone(),
+        };
+        let metrics_stop = self.feed_stop.clone();
+        tracker.spawn(crate::metrics::serve(
+            self.metrics_listener,
+            sources,
+            metrics_stop,
+        ));
         let coordinator = Coordinator::new(self.runner, self.feed, tracker.clone());
         let feed_stop = self.feed_stop;
         // Shutdown first closes the listening socket (`stop_accepting`), and only after the
@@ -264,6 +294,7 @@ impl Application {
                 // call on it. Rapid-reset floods stay bounded by this limit and the per-caller
                 // rate limits.
                 .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+                .layer(crate::metrics::CountErrorsLayer::new(metrics))
                 .layer(AuthLayer::new(self.keys).with_rate_limits(self.limits))
                 .add_service(health_service)
                 .add_service(reflection)

@@ -207,6 +207,8 @@ impl TestEnv {
 /// One coordinator replica serving on a random port.
 pub struct Replica {
     pub url: String,
+    /// Where its `GET /metrics` is served (METRICS_LISTEN, port 0).
+    pub metrics_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -217,10 +219,12 @@ impl Replica {
             .await
             .expect("coordinator builds");
         let url = format!("http://{}", app.local_addr().expect("addr"));
+        let metrics_addr = app.metrics_addr().expect("metrics addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until(shutdown.clone()));
         Self {
             url,
+            metrics_addr,
             shutdown,
             task,
         }

@@ -182,6 +182,7 @@ impl Coordinator {
                 return;
             }
         };
+        self.runner.metrics.payment_started(new.flow);
         if let Some(feed) = &self.runner.feed {
             feed.nudge();
         }

@@ -100,6 +100,10 @@ pub struct FeedStatus {
     pub publish_lag: Option<Duration>,
     /// Streams open on this replica (global and per order).
     pub watchers: usize,
+    /// `WatchEvents` streams open on this replica.
+    pub event_watchers: usize,
+    /// `WatchOrder` streams open on this replica.
+    pub order_watchers: usize,
     /// Orders with at least one `WatchOrder` stream open on this replica.
     pub watched_orders: usize,
 }
@@ -337,6 +341,8 @@ impl Feed {
         let shared = &self.inner.shared;
         let newest = shared.newest_occurred_us.load(Ordering::SeqCst);
         let lag = shared.publish_lag_us.load(Ordering::SeqCst);
+        let (event_watchers, order_watchers) =
+            (self.inner.sender.receiver_count(), shared.order_watchers());
         FeedStatus {
             head: shared.head.load(Ordering::SeqCst),
             sequencer_leader: shared.leader.load(Ordering::SeqCst),
@@ -346,7 +352,9 @@ impl Feed {
             newest_occurred_at: (newest != i64::MIN)
                 .then(|| UNIX_EPOCH + Duration::from_micros(newest.unsigned_abs())),
             publish_lag: u64::try_from(lag).ok().map(Duration::from_micros),
-            watchers: self.inner.sender.receiver_count() + shared.order_watchers(),
+            watchers: event_watchers + order_watchers,
+            event_watchers,
+            order_watchers,
             watched_orders: shared.routes().len(),
         }
     }

@@ -172,6 +172,11 @@ impl Store {
         matches!(tokio::time::timeout(PING_TIMEOUT, probe).await, Ok(Ok(())))
     }
 
+    /// The pool's size, idle connections and waiters now (for metrics).
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
     }
