@@ -222,6 +222,7 @@ impl Application {
         let store = self.runner.store.clone();
         // Registered before the port serves, so a probe never sees "service not registered".
         health.set(store.ping().await).await;
+        health.alive().await;
         let health_stop = shutdown.child_token();
         tracker.spawn(watch_health(store, health.clone(), health_stop.clone()));
         tracker.spawn(watch_feed_lag(self.feed.clone(), health_stop.clone()));
@@ -458,6 +459,9 @@ impl tokio_stream::Stream for Incoming {
     }
 }
 
+/// The health service name that says only "this process answers" (see `Health::alive`).
+pub const LIVENESS: &str = "liveness";
+
 /// `grpc.health.v1` for this replica: follows PostgreSQL until shutdown starts, then stays
 /// NOT_SERVING (the mutex orders a health check in progress before the shutdown's answer).
 #[derive(Clone)]
@@ -487,11 +491,21 @@ impl Health {
         set_health(&self.reporter, false).await;
     }
 
+    /// `liveness` (k8s/: the kubelet's liveness and startup probes) is SERVING for as long as
+    /// this process answers, whatever PostgreSQL does: an outage must not restart replicas that
+    /// only wait for it (docs/OPERATIONS.md, "Probes").
+    async fn alive(&self) {
+        self.reporter
+            .set_service_status(LIVENESS, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+
     /// Ends every `Health/Watch` stream (after they saw NOT_SERVING): they would otherwise hold
     /// the server's graceful shutdown open forever.
     async fn end_watches(&self) {
         let mut reporter = self.reporter.clone();
         reporter.clear_service_status("").await;
+        reporter.clear_service_status(LIVENESS).await;
         reporter
             .clear_service_status(
                 <PaymentCoordinatorServer<Coordinator> as tonic::server::NamedService>::NAME,

@@ -1,6 +1,7 @@
 //! PostgreSQL unreachable: health says NOT_SERVING, new payments are refused with
 //! STORE_UNAVAILABLE before anything reaches the gateway (CONTRACT §1.4), and both recover when
-//! the database is back. A real fault: the test's own PostgreSQL server is stopped and started.
+//! the database is back, while the "liveness" health service (the kubelet's liveness probe)
+//! stays SERVING. A real fault: the test's own PostgreSQL server is stopped and started.
 
 use booking_sim::psp::SimConfig;
 use integration_tests::{
@@ -42,7 +43,7 @@ async fn postgres_outage_turns_health_off_and_refuses_payments() {
         .connect()
         .await
         .expect("connect");
-    let mut health = HealthClient::new(channel)
+    let mut health = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: "payments.v1.PaymentCoordinator".into(),
         })
@@ -71,6 +72,16 @@ async fn postgres_outage_turns_health_off_and_refuses_payments() {
     .await
     .expect("stop PostgreSQL");
     assert_eq!(next_status().await, ServingStatus::NotServing);
+    // The kubelet's liveness probe (k8s/) asks for "liveness": still SERVING, so an outage
+    // restarts no replica (it only waits for PostgreSQL).
+    let liveness = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: coordinator::server::LIVENESS.into(),
+        })
+        .await
+        .expect("liveness check")
+        .into_inner();
+    assert_eq!(liveness.status(), ServingStatus::Serving);
 
     let refused = op
         .process_payment(pay("during", "k1"))
