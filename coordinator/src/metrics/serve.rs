@@ -39,11 +39,14 @@ pub struct Sources {
 
 /// Serves `/metrics` on `listener` until `stop`; open scrapes are answered first.
 pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Arc::new(sources));
-    tracing::info!(addr = ?addr, "metrics listening (METRICS_LISTEN, GET /metrics)");
+    tracing::info!(%addr, "metrics listening (METRICS_LISTEN, GET /metrics)");
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
