@@ -129,7 +129,7 @@ pub struct Runner {
 #[derive(Clone)]
 pub struct Drain {
     give_up: tokio_util::sync::CancellationToken,
-    /// How many tasks are inside `with_heartbeat` now.
+    /// How many tasks are inside `with_heartbeat` now, plus attempts admitted on their way there.
     running: Arc<watch::Sender<usize>>,
     handed_over: Arc<AtomicUsize>,
 }
@@ -153,6 +153,23 @@ impl Drain {
     /// Returns once the grace period is over.
     pub(crate) async fn given_up(&self) {
         self.give_up.cancelled().await;
+    }
+
+    /// Counts a new attempt from the moment its request is admitted, before its lease and
+    /// commit, unless the shutdown has begun (`stopping`: `None`, refuse it). Checked under the
+    /// count's own lock, so a shutdown that reads the count after cancelling `stopping` either
+    /// counts this attempt or it was refused. (Counting it only once its task drives the gateway
+    /// missed attempts committed just before SIGTERM: the drain could end, closing watch
+    /// streams, before their outcomes.)
+    pub(crate) fn admit(&self, stopping: &tokio_util::sync::CancellationToken) -> Option<Running> {
+        let open = self.running.send_if_modified(|n| {
+            let open = !stopping.is_cancelled();
+            if open {
+                *n += 1;
+            }
+            open
+        });
+        open.then(|| Running(Arc::clone(&self.running)))
     }
 
     /// Attempt tasks (new or recovered) running now.
@@ -213,8 +230,9 @@ impl Drop for Persisting {
 
 impl Runner {
     /// Runs the attempt to an outcome (or to a recorded unknown), keeping its lease alive
-    /// meanwhile, then releases the lease and wakes waiters.
-    pub async fn run(self, job: AttemptJob) {
+    /// meanwhile, then releases the lease and wakes waiters. `admitted` ([`Drain::admit`]) counts
+    /// it in the drain until `with_heartbeat` counts it (never zero in between).
+    pub(crate) async fn run(self, job: AttemptJob, admitted: Running) {
         let span = tracing::info_span!(
             "payment.attempt",
             order_id = %job.fence.order_id,
@@ -224,7 +242,10 @@ impl Runner {
         );
         async move {
             let _in_flight = self.metrics.attempt_in_flight();
-            let drive = self.with_heartbeat(&job.fence, self.drive(&job));
+            let drive = self.with_heartbeat(&job.fence, async {
+                drop(admitted);
+                self.drive(&job).await
+            });
             tokio::pin!(drive);
             let outcome = match (&self.leases, &job.lease) {
                 (Some(leases), Some(lease)) => {
@@ -685,6 +706,29 @@ mod tests {
         assert_eq!(drain.running(), 1);
         assert!(!waiter.is_finished());
         drop(second);
+        waiter.await.unwrap();
+        assert_eq!(drain.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_payment_counts_until_it_ends_and_none_is_admitted_once_stopping() {
+        let drain = Drain::default();
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let admitted = drain
+            .admit(&stopping)
+            .expect("admitted before the shutdown");
+        assert_eq!(drain.running(), 1);
+        stopping.cancel();
+        assert!(drain.admit(&stopping).is_none(), "refused once stopping");
+        // Still counted after the shutdown began: the drain waits for it.
+        assert_eq!(drain.running(), 1);
+        let waiter = {
+            let drain = drain.clone();
+            tokio::spawn(async move { drain.idle().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(admitted);
         waiter.await.unwrap();
         assert_eq!(drain.running(), 0);
     }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::{Coordinator, convert, deadline};
 use crate::{
-    attempt::AttemptJob,
+    attempt::{AttemptJob, Running},
     auth::Caller,
     control::Admission,
     domain::{AttemptOutcome, EventKind, OrderState, PaymentRequest},
@@ -64,10 +64,11 @@ impl Coordinator {
         }
 
         // A replica shutting down starts no new attempt (its grace period is for the attempts
-        // already in flight); the caller's own attempt could still be joined above.
-        if self.runner.stopping.is_cancelled() {
+        // already in flight); the caller's own attempt could still be joined above. Admitted,
+        // the attempt counts in the shutdown's drain from here on.
+        let Some(admitted) = self.runner.drain.admit(&self.runner.stopping) else {
             return Err(Error::ShuttingDown);
-        }
+        };
 
         // Paused (by an admin, or the gateway circuit breaker is open)? Refused before the
         // lease: nothing written, no gateway call. Decided from this replica's cached copy of
@@ -102,7 +103,7 @@ impl Coordinator {
         let (answer, answered) = oneshot::channel();
         let this = self.clone();
         self.tracker.spawn(
-            this.start_attempt(new, admission, answer)
+            this.start_attempt(new, admission, answer, admitted)
                 .instrument(tracing::Span::current()),
         );
         match answered.await {
@@ -129,6 +130,7 @@ impl Coordinator {
         new: NewAttempt,
         admission: Admission,
         answer: oneshot::Sender<Result<Started, Error>>,
+        admitted: Running,
     ) {
         let lease = match self.take_lease(&new).await {
             Ok(lease) => lease,
@@ -218,7 +220,7 @@ impl Coordinator {
         // Open before answering, so a waiting caller always finds the board entry.
         self.runner.board.open(&order.order_id, attempt.number);
         let _ = answer.send(Ok(Started::New((order.order_id.clone(), attempt.number))));
-        self.runner.clone().run(job).await;
+        self.runner.clone().run(job, admitted).await;
     }
 
     /// The Redis lease: an early, cheap refusal. `Ok(None)`: go on without one (Redis is
