@@ -99,6 +99,16 @@ impl CoordinatorProcess {
             .await
             .unwrap_or_else(|e| panic!("never happened: the coordinator process exits ({e:#})"))
     }
+
+    /// Starts the exited (or killed) replica again with the same REPLICA_ID, address, journal
+    /// and settings; waits until the port accepts connections.
+    pub async fn restart(&mut self) {
+        self.inner
+            .restart()
+            .await
+            .unwrap_or_else(|e| panic!("restarting the coordinator: {e:#}"));
+        self.pid = self.inner.pid();
+    }
 }
 
 impl Drop for CoordinatorProcess {

@@ -7,13 +7,15 @@
 //! invariant checker ([`crate::checker`]) judges what was recorded against the gateway's ledger.
 //!
 //! - [`schedule`]: the schedule, generated up front from the seed (same seed, same schedule).
-//! - [`workload`]: the racing operators and reviewers.
+//! - [`workload`]: the racing operators and reviewers; [`operators`]: the same on their own,
+//!   against running replicas, for drills a test conducts itself.
 //! - `faults`: applies the schedule; `world`: what the run started; `settle`: waiting for
 //!   recovery.
 //!
 //! The same seed replays the same schedule and the same per-order plans (amounts, methods,
 //! callers, refunds); the interleaving of calls is the machine's.
 
+pub mod operators;
 pub mod schedule;
 pub mod workload;
 
@@ -23,6 +25,7 @@ mod settle;
 mod world;
 
 pub use faults::FaultTally;
+pub use operators::Operators;
 pub use schedule::{Fault, FaultKind, Schedule, ScheduledFault, parse_kinds};
 pub use settle::Settled;
 pub use workload::WorkloadStats;
@@ -38,6 +41,9 @@ use progress::say;
 use schedule::{Baseline, ScheduleParams};
 use workload::{Workload, WorkloadConfig};
 use world::World;
+
+/// How long the checker waits for every committed event to get its feed position.
+pub const STAMPING_BOUND: Duration = Duration::from_secs(30);
 
 /// Running coordinators, simulator and database to drive instead of starting them (only the
 /// simulator's faults can then be applied). No `Debug` of the keys.
@@ -522,19 +528,10 @@ async fn drive(
         sim: world.sim.clone(),
         requested: Some(config.payments as u64),
     };
-    // Committed events get their feed position from the sequencer's leader, which a fault may
-    // just have moved (about a second): judge once every event is stamped, or after 30 s judge
-    // anyway (an event still unstamped then is a finding).
-    let stamping = tokio::time::Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        let report = checker::check(&input)
-            .await
-            .context("running the invariant checker")?;
-        if report.value(checker::names::UNSTAMPED) == 0 || tokio::time::Instant::now() >= stamping {
-            break report;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    // A fault may just have moved the sequencer's leader.
+    let report = checker::check_once_stamped(&input, STAMPING_BOUND)
+        .await
+        .context("running the invariant checker")?;
     let sim_injected = world
         .sim
         .ledger()

@@ -7,7 +7,7 @@
 //! reviewers at once, a same-key replay). Every order's plan comes from the seed.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -82,6 +82,9 @@ pub struct WorkloadStats {
     pub gave_up: u64,
     /// Attempt outcomes as the callers' answers showed them.
     pub outcomes_seen: BTreeMap<String, u64>,
+    /// Orders some caller was told were paid (an answer whose attempt SUCCEEDED): each must be
+    /// PAID (or refunded) in the database and charged once in the ledger.
+    pub succeeded_orders: BTreeSet<String>,
     /// ProcessPayment refusals and errors by reason (retried ones included).
     pub refusals: BTreeMap<String, u64>,
     pub refund_calls: u64,
@@ -438,7 +441,12 @@ impl Workload {
                         *s.outcomes_seen.entry(outcome_name(outcome)).or_default() += 1;
                     });
                     match outcome {
-                        pb::AttemptOutcome::Succeeded => return PressEnd::Succeeded,
+                        pb::AttemptOutcome::Succeeded => {
+                            self.count(|s| {
+                                s.succeeded_orders.insert(plan.order_id.clone());
+                            });
+                            return PressEnd::Succeeded;
+                        }
                         pb::AttemptOutcome::Declined => return PressEnd::Declined,
                         pb::AttemptOutcome::Cancelled => return PressEnd::Cancelled,
                         pb::AttemptOutcome::Unknown => return PressEnd::Unknown,

@@ -190,7 +190,7 @@ impl World {
         }
     }
 
-    fn external(external: &External) -> anyhow::Result<World> {
+    pub(crate) fn external(external: &External) -> anyhow::Result<World> {
         if external.coordinators.is_empty() || external.operator_keys.is_empty() {
             bail!("need at least one coordinator URL and one operator key");
         }

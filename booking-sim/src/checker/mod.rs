@@ -21,7 +21,7 @@ mod snapshot;
 
 pub use rules::names;
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Context;
 
@@ -65,6 +65,21 @@ pub async fn check(input: &CheckInput) -> anyhow::Result<Report> {
         .context("reading the coordinator's database")?;
     let ledger = input.sim.ledger().await?;
     Ok(rules::evaluate(&snapshot, &ledger, input.requested))
+}
+
+/// [`check`] once every committed event has its feed position. Positions are given by the
+/// sequencer's leader, which a killed or restarted replica may just have handed to another
+/// (about a second): judge once no event is unstamped, or after `bound` judge anyway (an event
+/// still unstamped then is a finding).
+pub async fn check_once_stamped(input: &CheckInput, bound: Duration) -> anyhow::Result<Report> {
+    let give_up = tokio::time::Instant::now() + bound;
+    loop {
+        let report = check(input).await?;
+        if report.value(names::UNSTAMPED) == 0 || tokio::time::Instant::now() >= give_up {
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 impl Report {
