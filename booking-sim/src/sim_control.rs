@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use serde_json::json;
 
-use crate::psp::{Ledger, LedgerIntent};
+use crate::psp::{Ledger, LedgerIntent, SimRequest};
 
 /// A handle on one running simulator.
 #[derive(Clone, Debug)]
@@ -55,6 +55,25 @@ impl SimControl {
             .into_iter()
             .find(|i| i.id == intent_id)
             .with_context(|| format!("{intent_id} is not in the ledger"))
+    }
+
+    /// `GET /_sim/requests`: the last `/v1` requests received (up to 10,000), oldest first.
+    pub async fn requests(&self) -> anyhow::Result<Vec<SimRequest>> {
+        let response = self
+            .http
+            .get(format!("{}/_sim/requests", self.base))
+            .send()
+            .await
+            .context("reading the simulator's requests")?;
+        ensure!(
+            response.status().is_success(),
+            "requests answered {}",
+            response.status()
+        );
+        response
+            .json()
+            .await
+            .context("decoding the simulator's requests")
     }
 
     /// `POST /_sim/faults`: replaces the fault configuration.

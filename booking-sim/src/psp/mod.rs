@@ -15,6 +15,7 @@ mod faults;
 mod idempotency;
 mod params;
 mod reply;
+mod requests;
 mod routes;
 mod server;
 mod state;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use clock::Clock;
 pub use faults::{FaultConfig, FaultKind, Forced, NoFault};
 pub use idempotency::KeyStats;
+pub use requests::SimRequest;
 pub use state::{Calls, IntentStatus, Ledger, LedgerIntent, LedgerRefund, Op, Totals};
 
 /// Capabilities the simulated gateway can be started without (`--without idempotency,lookup`).

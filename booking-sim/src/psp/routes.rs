@@ -33,6 +33,7 @@ use super::faults::{FaultConfig, FaultKind, Faults};
 use super::idempotency::{Begin, Claim, IdempotencyStore};
 use super::params::Params;
 use super::reply::Reply;
+use super::requests::{RequestLog as Received, SimRequest};
 use super::server::ConnHandle;
 use super::state::{Command, Gateway, Op};
 
@@ -65,6 +66,8 @@ pub(crate) struct App {
     faults: Faults,
     shutdown: CancellationToken,
     request_seq: AtomicU64,
+    /// The last `/v1` requests, for `GET /_sim/requests`.
+    received: Received,
 }
 
 impl App {
@@ -80,6 +83,7 @@ impl App {
             faults: Faults::new(config.seed),
             shutdown,
             request_seq: AtomicU64::new(0),
+            received: Received::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/_sim/ledger", get(ledger))
         .route("/_sim/faults", get(get_faults).post(set_faults))
         .route("/_sim/clock", get(get_clock).post(advance_clock))
+        .route("/_sim/requests", get(requests))
         .fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)
         .with_state(app)
@@ -219,6 +224,17 @@ impl RequestLog {
         }
     }
 
+    fn received(&self, status: Option<u16>) -> SimRequest {
+        SimRequest {
+            op: self.op.as_str().to_owned(),
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            traceparent: self.traceparent.clone(),
+            status,
+        }
+    }
+
     fn emit(&self, outcome: &str, status: Option<u16>) {
         info!(
             op = self.op.as_str(),
@@ -258,10 +274,13 @@ impl App {
             } => {
                 let outcome = if replayed { "replayed" } else { "answered" };
                 log.emit(outcome, Some(reply.status.as_u16()));
+                self.received
+                    .remember(log.received(Some(reply.status.as_u16())));
                 self.respond(reply, replayed, retry_after_secs)
             }
             Answer::Drop => {
                 log.emit("connection dropped", None);
+                self.received.remember(log.received(None));
                 conn.close();
                 // The connection task drops this future together with the connection.
                 pending().await
@@ -494,6 +513,10 @@ async fn ledger(State(app): State<Arc<App>>) -> Response {
     };
     ledger.faults_injected = app.faults.injected();
     Reply::ok(&ledger).into_response()
+}
+
+async fn requests(State(app): State<Arc<App>>) -> Response {
+    Reply::ok(&app.received.all()).into_response()
 }
 
 async fn get_faults(State(app): State<Arc<App>>) -> Response {
