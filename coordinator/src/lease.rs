@@ -16,6 +16,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::TRACE_ONLY;
+
 /// Who holds (or held) an order's lease; stored as JSON in the lease's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseHolder {
@@ -171,6 +173,12 @@ impl Leases {
     /// Takes the order's lease, or says who holds it, in ONE round trip:
     /// `SET key value NX PX ttl GET` (Redis ≥ 7.0): nil means we set it; a value means it was
     /// already there and is left untouched.
+    #[tracing::instrument(
+        name = "lease.acquire",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "redis", order_id = %order_id)
+    )]
     pub async fn acquire(
         &self,
         order_id: &str,
@@ -207,6 +215,17 @@ impl Leases {
 
     /// Records the attempt number in the lease (so `Busy` can name it), and renews it; `false` if
     /// the lease is no longer ours (then `lease` is left unchanged).
+    #[tracing::instrument(
+        name = "lease.set_attempt",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "redis",
+            order_id = %lease.order_id,
+            attempt = attempt,
+        )
+    )]
     pub async fn set_attempt(&self, lease: &mut Lease, attempt: i32) -> Result<bool, LeaseError> {
         let mut holder = lease.holder.clone();
         holder.attempt = Some(attempt);
@@ -230,6 +249,12 @@ impl Leases {
     }
 
     /// Extends the lease by a full TTL if it is still ours.
+    #[tracing::instrument(
+        name = "lease.renew",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "redis", order_id = %lease.order_id)
+    )]
     pub async fn renew(&self, lease: &Lease) -> Result<bool, LeaseError> {
         let renewed: i64 = self
             .pexpire_if_ours
@@ -242,6 +267,12 @@ impl Leases {
     }
 
     /// Deletes the lease if it is still ours; never deletes another holder's lease.
+    #[tracing::instrument(
+        name = "lease.release",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "redis", order_id = %lease.order_id)
+    )]
     pub async fn release(&self, lease: &Lease) -> Result<bool, LeaseError> {
         let deleted: i64 = self
             .delete_if_ours

@@ -5,7 +5,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    telemetry::init(settings.log_format);
+    // Held to the end: dropping it exports the spans still buffered.
+    let _telemetry = telemetry::init(&settings)?;
     let app = Application::build(&settings).await?;
     if !app.dev_keys.is_empty() {
         // --dev only: shown once on stdout so a developer can call the API; never logged.

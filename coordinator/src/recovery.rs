@@ -223,6 +223,19 @@ impl Runner {
             };
             let action = decide(&situation);
             tracing::info!(?action, known = ?case.known, intent_id = ?case.intent_id, tries = total, "recovery decision");
+            // Its span, for the trace: held until the action is carried out (this turn of the
+            // loop), so it lasts as long as the action, beside the calls the action makes.
+            let _decision = tracing::info_span!(
+                target: crate::telemetry::TRACE_ONLY,
+                "recovery.decision",
+                order_id = %case.fence.order_id,
+                attempt = case.fence.attempt,
+                replica = %self.replica,
+                action = ?action,
+                known = ?case.known,
+                intent_id = ?case.intent_id,
+                tries = total,
+            );
             self.metrics
                 .recovery_action(crate::metrics::RecoveryAction::Decided((&action).into()));
             let (step, reply) = match &action {

@@ -295,6 +295,8 @@ impl Application {
                 // call on it. Rapid-reset floods stay bounded by this limit and the per-caller
                 // rate limits.
                 .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+                // Outermost: a span per RPC (continuing the caller's traceparent), refusals included.
+                .layer(crate::telemetry::RpcSpanLayer::new(&self.replica))
                 .layer(crate::metrics::CountErrorsLayer::new(metrics))
                 .layer(AuthLayer::new(self.keys).with_rate_limits(self.limits))
                 .add_service(health_service)

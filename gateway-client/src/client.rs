@@ -27,6 +27,7 @@ use crate::{
     keys::IdempotencyKey,
     model::{PaymentIntent, Refund},
     outcome::{Outcome, Reply, UnknownReason, classify},
+    trace_context,
 };
 
 /// Larger answers are not read (a PaymentIntent is a few kilobytes).
@@ -191,6 +192,7 @@ impl GatewayClient {
         }
         self.call(
             Method::POST,
+            "/v1/payment_intents",
             &["v1", "payment_intents"],
             Some(form),
             Some(key),
@@ -214,6 +216,7 @@ impl GatewayClient {
         );
         self.call(
             Method::POST,
+            "/v1/payment_intents/{id}/confirm",
             &["v1", "payment_intents", intent_id, "confirm"],
             Some(Vec::new()),
             Some(key),
@@ -232,6 +235,7 @@ impl GatewayClient {
         );
         self.call(
             Method::GET,
+            "/v1/payment_intents/{id}",
             &["v1", "payment_intents", intent_id],
             None,
             None,
@@ -255,6 +259,7 @@ impl GatewayClient {
         );
         self.call(
             Method::POST,
+            "/v1/payment_intents/{id}/cancel",
             &["v1", "payment_intents", intent_id, "cancel"],
             Some(Vec::new()),
             Some(key),
@@ -284,16 +289,24 @@ impl GatewayClient {
         if let Some(amount) = amount_minor {
             form.push(("amount".to_owned(), amount.to_string()));
         }
-        self.call(Method::POST, &["v1", "refunds"], Some(form), Some(key))
-            .instrument(span.clone())
-            .await
-            .traced(&span)
+        self.call(
+            Method::POST,
+            "/v1/refunds",
+            &["v1", "refunds"],
+            Some(form),
+            Some(key),
+        )
+        .instrument(span.clone())
+        .await
+        .traced(&span)
     }
 
     /// One operation: tries, bounded retries of what proves nothing was done, classification.
+    /// `route` names the path with its ids left out (the HTTP spans' name).
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
+        route: &'static str,
         path: &[&str],
         form: Option<Vec<(String, String)>>,
         key: Option<&IdempotencyKey>,
@@ -325,7 +338,7 @@ impl GatewayClient {
         let result = (|| async {
             let n = tries.fetch_add(1, Ordering::Relaxed) + 1;
             let attempt = self
-                .send_once::<T>(method.clone(), &url, form.as_deref(), key)
+                .send_once::<T>(method.clone(), route, &url, form.as_deref(), key, n)
                 .await;
             match attempt.retry {
                 Some(_) => {
@@ -375,21 +388,40 @@ impl GatewayClient {
         reply
     }
 
-    /// One HTTP request, after the rate limiter allows it.
+    /// One HTTP request (try number `try_number` of its operation), after the rate limiter
+    /// allows it, in its own client span whose trace context the request carries.
     async fn send_once<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        route: &'static str,
+        url: &reqwest::Url,
+        form: Option<&[(String, String)]>,
+        key: Option<&IdempotencyKey>,
+        try_number: u32,
+    ) -> Try<T> {
+        if let Some(limiter) = &self.inner.limiter {
+            limiter.until_ready().await;
+        }
+        let span = http_span(&method, route, url, try_number);
+        self.exchange(method, url, form, key, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    /// The request and its answer, recorded on `span` (status, or why none came).
+    async fn exchange<T: DeserializeOwned>(
         &self,
         method: Method,
         url: &reqwest::Url,
         form: Option<&[(String, String)]>,
         key: Option<&IdempotencyKey>,
+        span: &tracing::Span,
     ) -> Try<T> {
-        if let Some(limiter) = &self.inner.limiter {
-            limiter.until_ready().await;
-        }
         let mut request = self
             .inner
             .http
             .request(method, url.clone())
+            .headers(trace_context::headers(span))
             .header(header::AUTHORIZATION, self.inner.authorization.clone())
             .header(header::ACCEPT, "application/json");
         if let Some(key) = key {
@@ -400,9 +432,18 @@ impl GatewayClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(err) => return transport_failure(&err),
+            Err(err) => {
+                let failed = transport_failure(&err);
+                span.record("error.type", failed.reply.outcome.kind());
+                span.record("otel.status_code", "ERROR");
+                return failed;
+            }
         };
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
         let headers = response.headers().clone();
         let default_retry_after = self.inner.config.retry.default_retry_after;
         let reply = match read_body(response).await {
@@ -428,6 +469,31 @@ impl GatewayClient {
         };
         Try { reply, retry }
     }
+}
+
+/// The OpenTelemetry client span of one HTTP request (semantic conventions for HTTP clients),
+/// e.g. `POST /v1/payment_intents/{id}/confirm`. The URL is shown without credentials, and no
+/// header is recorded (the Authorization header holds the gateway's secret key).
+fn http_span(method: &Method, route: &str, url: &reqwest::Url, try_number: u32) -> tracing::Span {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    tracing::info_span!(
+        // Exported only: the coordinator keeps this target out of its log lines.
+        target: "gateway_client::otel",
+        "gateway.http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.request.resend_count = try_number.saturating_sub(1),
+        http.response.status_code = tracing::field::Empty,
+        url.full = %shown,
+        server.address = url.host_str().unwrap_or_default(),
+        server.port = url.port_or_known_default(),
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// Waiting a little more than `Retry-After` keeps clients that were throttled together apart.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod keys;
 pub mod model;
 pub mod outcome;
+mod trace_context;
 
 pub use client::{CreateIntent, GatewayClient};
 pub use config::{

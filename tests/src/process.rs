@@ -31,6 +31,17 @@ impl CoordinatorProcess {
     /// Starts replica `replica` of `env` (its usual arguments plus `extra`) on a free port and
     /// waits until the port accepts connections.
     pub async fn spawn(env: &TestEnv, replica: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_env(env, replica, extra, &[]).await
+    }
+
+    /// As `spawn`, with these environment variables set too (e.g. `OTEL_*`, read only from the
+    /// environment).
+    pub async fn spawn_with_env(
+        env: &TestEnv,
+        replica: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Self {
         let port = stack::free_port().expect("free port");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::env::temp_dir().join(format!(
@@ -49,7 +60,11 @@ impl CoordinatorProcess {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log,
             listen: Some(addr),
-            env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+            env: [("RUST_LOG", "info")]
+                .iter()
+                .chain(vars)
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let inner = ReplicaProcess::spawn(spec)
             .await

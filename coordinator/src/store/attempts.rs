@@ -10,6 +10,7 @@ use super::orders::{
 use super::{Begin, BeginRefusal, Fence, Fenced, Finish, NewAttempt, Store, StoreError, Stranded};
 use crate::domain::machine::{event_for, may_finish, may_start_attempt, order_state_after};
 use crate::domain::{AttemptOutcome, EventKind, OrderState, StartRefusal};
+use crate::telemetry::TRACE_ONLY;
 
 /// The unique constraint scoping a caller's idempotency key (see the migration).
 const REQUEST_KEY_CONSTRAINT: &str = "attempts_operator_request_key";
@@ -27,6 +28,12 @@ impl Store {
     /// commits the attempt `IN_FLIGHT` with its events. Only after this commits may the gateway be
     /// called (CONTRACT §1.4). The order's row lock and fence make this the lock of record: however
     /// many callers get past Redis, only one commits an attempt.
+    #[tracing::instrument(
+        name = "pg.begin_attempt",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", order_id = %new.order_id)
+    )]
     pub async fn begin_attempt(&self, new: &NewAttempt) -> Result<Begin, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -262,6 +269,18 @@ impl Store {
     }
 
     /// Records the gateway's PaymentIntent id on the attempt, if the fence still holds.
+    #[tracing::instrument(
+        name = "pg.record_intent",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            fence = fence.token,
+        )
+    )]
     pub async fn record_intent(
         &self,
         fence: &Fence,
@@ -287,6 +306,19 @@ impl Store {
     }
 
     /// Appends `{at, step, message}` to the attempt's error history, if the fence still holds.
+    #[tracing::instrument(
+        name = "pg.append_error",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            fence = fence.token,
+            step = step,
+        )
+    )]
     pub async fn append_error(
         &self,
         fence: &Fence,
@@ -319,6 +351,18 @@ impl Store {
     }
 
     /// Refreshes the attempt's heartbeat (its holder is alive), if the fence still holds.
+    #[tracing::instrument(
+        name = "pg.heartbeat",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            fence = fence.token,
+        )
+    )]
     pub async fn heartbeat(&self, fence: &Fence) -> Result<Fenced, StoreError> {
         let client = self.client().await?;
         let statement = client
@@ -336,6 +380,18 @@ impl Store {
 
     /// Not before `after` from now may a recovery worker look at this attempt again (and its
     /// heartbeat stops counting as alive from now): fenced.
+    #[tracing::instrument(
+        name = "pg.schedule_next_check",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            fence = fence.token,
+        )
+    )]
     pub async fn schedule_next_check(
         &self,
         fence: &Fence,
@@ -453,6 +509,18 @@ impl Store {
     /// Appends to the attempt's error history WITHOUT a fence. Only for what a superseded
     /// holder learnt from the gateway (an outcome it may no longer write as state): history is
     /// append-only and never decides anything, and losing it would lose an outcome (§1.3).
+    #[tracing::instrument(
+        name = "pg.note_unfenced",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %order_id,
+            attempt = attempt,
+            step = step,
+        )
+    )]
     pub async fn note_unfenced(
         &self,
         order_id: &str,
@@ -476,6 +544,19 @@ impl Store {
 
     /// Records the attempt's outcome, in ONE transaction: the order (locked, fence checked), the
     /// attempt, the order's new state as the state machine says, and the event.
+    #[tracing::instrument(
+        name = "pg.finish_attempt",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %fence.order_id,
+            attempt = fence.attempt,
+            fence = fence.token,
+            outcome = finish.outcome().as_str(),
+        )
+    )]
     pub async fn finish_attempt(
         &self,
         fence: &Fence,

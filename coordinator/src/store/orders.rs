@@ -11,6 +11,7 @@ use super::{
     StoreError,
 };
 use crate::domain::{AttemptOutcome, OrderState, RefundOutcome, Resolution};
+use crate::telemetry::TRACE_ONLY;
 
 /// The order's columns, for `orders o`.
 pub(super) const ORDER_COLUMNS: &str = "o.order_id, o.amount_minor, o.currency, o.customer_id, \
@@ -60,6 +61,12 @@ struct ErrorView {
 
 impl Store {
     /// The caller's earlier request with this key, if any: `(order_id, attempt, fingerprint)`.
+    #[tracing::instrument(
+        name = "pg.find_request",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", operator_id = %operator_id)
+    )]
     pub async fn find_request(
         &self,
         operator_id: &str,
@@ -89,6 +96,12 @@ impl Store {
     /// read from one snapshot: an order without refunds in one statement; an order with refunds
     /// again in a read-only repeatable-read transaction, so that the refunds and the order's
     /// refunded total (written by one transaction) can never be seen half-way.
+    #[tracing::instrument(
+        name = "pg.get_order",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", order_id = %order_id)
+    )]
     pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>, StoreError> {
         let mut client = self.client().await?;
         let order_sql = format!(

@@ -15,6 +15,7 @@ use crate::domain::machine::{
     RefundRefusal, after_refund_resolution, refund_amount, state_after_refund,
 };
 use crate::domain::{EventKind, OrderState, RefundOutcome};
+use crate::telemetry::TRACE_ONLY;
 
 /// The unique constraint scoping a caller's idempotency key for refunds.
 const REQUEST_KEY_CONSTRAINT: &str = "refunds_requester_key";
@@ -134,6 +135,12 @@ impl Store {
     /// Starts a refund in ONE transaction: the order locked, the state machine asked how much
     /// may be refunded, the refund committed `IN_FLIGHT`. No event yet: the refund changes the
     /// order only once the gateway did it.
+    #[tracing::instrument(
+        name = "pg.begin_refund",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", order_id = %new.order_id)
+    )]
     pub async fn begin_refund(&self, new: &NewRefund) -> Result<BeginRefund, StoreError> {
         match self.try_begin_refund(new).await {
             Err(Begin::KeyTaken) => {
@@ -293,6 +300,18 @@ impl Store {
     /// Records how the refund ended, in ONE transaction, fenced by its token. A success adds to
     /// the order's refunded amount, moves it to REFUNDED once everything is refunded, and emits
     /// the `REFUNDED` event (the "undo" downstream services act on), actor: who asked for it.
+    #[tracing::instrument(
+        name = "pg.finish_refund",
+        target = TRACE_ONLY,
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %fence.order_id,
+            refund = fence.number,
+            fence = fence.token,
+        )
+    )]
     pub async fn finish_refund(
         &self,
         fence: &RefundFence,
