@@ -11,7 +11,7 @@
 //! Every wait is for a state (`checks::wait_for`); no assertion is about time.
 
 use integration_tests::checks::{GUARD, charges, charges_by_order, reason, steps, wait_for};
-use integration_tests::coordinator::{Client, OPERATOR, SERVICE, TestEnv};
+use integration_tests::coordinator::{Client, OPERATOR, REVIEWER, SERVICE, TestEnv};
 use integration_tests::process::CoordinatorProcess;
 use payments_proto::v1 as pb;
 use serde_json::json;
@@ -324,6 +324,86 @@ async fn sigterm_lets_payments_in_flight_finish_and_loses_nothing() {
     }
 
     r2.stop().await;
+    env.cleanup().await;
+}
+
+/// SIGTERM while a refund is at the gateway: the refund is in the drain like a payment, so it
+/// finishes inside the grace period, its caller is answered, and the ledger holds one refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_a_refund_in_flight_finish() {
+    let env = TestEnv::new().await;
+    let mut r1 = CoordinatorProcess::spawn(
+        &env,
+        "r1",
+        &[
+            "--gateway-timeout-ms",
+            "60000",
+            "--shutdown-grace-ms",
+            "60000",
+        ],
+    )
+    .await;
+    let mut c1 = r1.client(OPERATOR).await;
+    let paid = c1
+        .process_payment(pay("sd-refund", "k-refund", VISA, true))
+        .await
+        .expect("paid")
+        .into_inner();
+    assert_eq!(paid.order.expect("order").state(), pb::OrderState::Paid);
+
+    // The refund's gateway call is answered only HOLD_MS later: SIGTERM finds it in flight.
+    env.sim_control
+        .set_faults(json!({ "latency_ms": HOLD_MS, "operations": ["refund"] }))
+        .await
+        .expect("hold the refund");
+    let mut reviewer = r1.client(REVIEWER).await;
+    let refunding = tokio::spawn(async move {
+        reviewer
+            .refund_payment(pb::RefundPaymentRequest {
+                order_id: "sd-refund".to_owned(),
+                amount: Some(pb::Money {
+                    amount_minor: 1000,
+                    currency: "EUR".to_owned(),
+                }),
+                reason: "returned".to_owned(),
+                idempotency_key: "k-undo".to_owned(),
+            })
+            .await
+    });
+    wait_for("the refund is held at the gateway", async || {
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        (ledger.calls.refund == 1 && ledger.idempotency.in_flight == 1).then_some(())
+    })
+    .await;
+
+    r1.terminate();
+    let exit = r1.wait_exit().await;
+    let log = r1.log_text();
+    assert!(exit.success(), "exit status {exit}:\n{log}");
+
+    // Its caller was answered before the replica went away, with the refund done.
+    let answered = refunding
+        .await
+        .expect("refund task")
+        .expect("the refunding caller is answered")
+        .into_inner();
+    let refund = answered.refunds.first().expect("the refund");
+    assert_eq!(refund.outcome(), pb::RefundOutcome::Succeeded, "{log}");
+    assert!(
+        !refund.errors.iter().any(|e| e.step.starts_with("shutdown")),
+        "finished inside the grace period, not handed over: {:?}",
+        refund.errors
+    );
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    let refunds: Vec<_> = ledger
+        .intents
+        .iter()
+        .filter(|i| i.metadata.get("order_id").map(String::as_str) == Some("sd-refund"))
+        .flat_map(|i| i.refunds.iter())
+        .collect();
+    assert_eq!(refunds.len(), 1, "one refund in the ledger");
+    assert_eq!(ledger.calls.refund, 1, "no second refund call");
+    assert!(log.contains("journal closed (0 pending)"), "{log}");
     env.cleanup().await;
 }
 

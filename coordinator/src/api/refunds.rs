@@ -63,9 +63,11 @@ impl Coordinator {
             }
             return self.refund_answer(&order_id, number).await;
         }
-        if self.runner.stopping.is_cancelled() {
+        // Counted in the shutdown's drain from here on (or refused if it has begun), so a
+        // refund committed just before SIGTERM is waited for like one already at the gateway.
+        let Some(admitted) = self.runner.drain.admit(&self.runner.stopping) else {
             return Err(Error::ShuttingDown);
-        }
+        };
         let new = NewRefund {
             order_id: order_id.clone(),
             amount_minor: req.amount_minor,
@@ -97,6 +99,8 @@ impl Coordinator {
                 self.tracker.spawn(
                     async move {
                         let outcome = runner.run_refund(job).await;
+                        // Let go only once the refund's own count (inside) has ended too.
+                        drop(admitted);
                         let _ = done.send(outcome);
                     }
                     .instrument(tracing::Span::current()),
