@@ -150,6 +150,11 @@ impl Drain {
         self.give_up.cancel();
     }
 
+    /// Whether the grace period is over.
+    pub(crate) fn is_given_up(&self) -> bool {
+        self.give_up.is_cancelled()
+    }
+
     /// Returns once the grace period is over.
     pub(crate) async fn given_up(&self) {
         self.give_up.cancelled().await;
@@ -588,7 +593,10 @@ impl Runner {
                 };
                 tokio::pin!(beating);
                 tokio::select! {
-                    out = &mut beating => Some(out),
+                    // Give-up first: an attempt that reaches here after the grace period (it was
+                    // admitted before SIGTERM and its commit was slow) is handed over before it
+                    // calls the gateway, not abandoned in the middle of a call.
+                    biased;
                     () = self.drain.give_up.cancelled() => {
                         if PERSISTING.with(Cell::get) {
                             // An outcome is being written (or journaled): bounded, and never dropped.
@@ -597,6 +605,7 @@ impl Runner {
                             None
                         }
                     }
+                    out = &mut beating => Some(out),
                 }
             })
             .await;

@@ -290,6 +290,12 @@ async fn a_rolling_restart_under_racing_payments_loses_nothing() {
         if grace_ms == "0" {
             // No grace: what was in flight was handed over, not finished here.
             assert!(handed_over >= 1, "{name}: nothing handed over:\n{log}");
+        } else {
+            // A grace far longer than any gateway call here: everything finished on this replica.
+            assert_eq!(
+                handed_over, 0,
+                "{name}: handed over inside its grace:\n{log}"
+            );
         }
 
         replica.restart().await;

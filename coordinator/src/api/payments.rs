@@ -147,6 +147,13 @@ impl Coordinator {
             }
         };
 
+        // Admitted before SIGTERM but still here after the grace period (a slow lease): commit
+        // nothing, the caller retries on another replica.
+        if self.runner.drain.is_given_up() {
+            release(&lease).await;
+            let _ = answer.send(Err(Error::ShuttingDown));
+            return;
+        }
         // The attempt, committed before any gateway call: PostgreSQL is the lock of record.
         let (order, attempt) = match self.store.begin_attempt(&new).await {
             Ok(Begin::Started { order, attempt }) => (order, attempt),
