@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::resolution::ReviewCause;
 use crate::store::{Fence, Fenced, Finish, Store, StoreError};
 
 /// The journal's file inside `JOURNAL_DIR`.
@@ -173,6 +174,9 @@ enum JournaledFinish {
     },
     Unknown {
         reason: String,
+        /// `ReviewCause::as_str`; absent from entries written before it was recorded.
+        #[serde(default)]
+        cause: Option<String>,
     },
 }
 
@@ -192,7 +196,10 @@ impl From<&Finish> for JournaledFinish {
             Finish::Cancelled { intent_id, reason } => {
                 JournaledFinish::Cancelled { intent_id, reason }
             }
-            Finish::Unknown { reason } => JournaledFinish::Unknown { reason },
+            Finish::Unknown { cause, reason } => JournaledFinish::Unknown {
+                reason,
+                cause: Some(cause.as_str().to_owned()),
+            },
         }
     }
 }
@@ -213,8 +220,25 @@ impl From<JournaledFinish> for Finish {
             JournaledFinish::Cancelled { intent_id, reason } => {
                 Finish::Cancelled { intent_id, reason }
             }
-            JournaledFinish::Unknown { reason } => Finish::Unknown { reason },
+            JournaledFinish::Unknown { reason, cause } => Finish::Unknown {
+                cause: cause
+                    .as_deref()
+                    .and_then(ReviewCause::parse)
+                    .unwrap_or_else(|| legacy_cause(&reason)),
+                reason,
+            },
         }
+    }
+}
+
+/// The cause of an entry journaled before causes were recorded, from the words `decide` wrote.
+fn legacy_cause(reason: &str) -> ReviewCause {
+    if reason.contains("resolution tries") {
+        ReviewCause::RunsExhausted
+    } else if reason.contains("idempotency window has passed") {
+        ReviewCause::IdempotencyWindowPassed
+    } else {
+        ReviewCause::NoCapability
     }
 }
 
@@ -632,7 +656,7 @@ pub fn describe(finish: &Finish) -> String {
             "cancelled, nothing charged ({reason}); intent {}",
             intent_id.as_deref().unwrap_or("none")
         ),
-        Finish::Unknown { reason } => format!("unknown, manual review: {reason}"),
+        Finish::Unknown { reason, .. } => format!("unknown, manual review: {reason}"),
     }
 }
 
@@ -830,6 +854,7 @@ mod tests {
                 reason: "voided".into(),
             },
             Finish::Unknown {
+                cause: ReviewCause::NoCapability,
                 reason: "nothing establishes it".into(),
             },
         ];
@@ -853,6 +878,34 @@ mod tests {
         assert!(journal.get("o-1", 1).unwrap().is_none());
         drop(journal);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_unknown_journaled_before_causes_were_recorded_still_decodes_with_its_cause() {
+        for (reason, cause) in [
+            (
+                "the outcome could not be established after 6 resolution tries. order o-1",
+                ReviewCause::RunsExhausted,
+            ),
+            (
+                "one_shot create in doubt and the gateway's idempotency window has passed: x",
+                ReviewCause::IdempotencyWindowPassed,
+            ),
+            (
+                "intent pi_1 in doubt and the gateway allows no lookup, no replay and no cancel",
+                ReviewCause::NoCapability,
+            ),
+        ] {
+            let old = serde_json::json!({ "outcome": "unknown", "reason": reason });
+            let finish: JournaledFinish = serde_json::from_value(old).expect("decodes");
+            assert_eq!(
+                Finish::from(finish),
+                Finish::Unknown {
+                    cause,
+                    reason: reason.to_owned()
+                }
+            );
+        }
     }
 
     #[test]

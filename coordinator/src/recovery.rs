@@ -268,7 +268,7 @@ impl Runner {
                         .persist(&case.fence, &finish, &case.actor, "recovery")
                         .await;
                 }
-                Action::ManualReview(reason) => {
+                Action::ManualReview(cause, reason) => {
                     if !self
                         .history(&case.fence, "recovery", &format!("manual review: {reason}"))
                         .await
@@ -279,7 +279,10 @@ impl Runner {
                     return self
                         .persist(
                             &case.fence,
-                            &Finish::Unknown { reason },
+                            &Finish::Unknown {
+                                cause: *cause,
+                                reason,
+                            },
                             &case.actor,
                             "recovery",
                         )

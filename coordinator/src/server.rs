@@ -36,6 +36,8 @@ const START_RETRY_MAX: Duration = Duration::from_secs(5);
 /// At shutdown, how long tasks get to hand their attempts over once the grace period is over;
 /// whatever still runs then is left as after a crash (taken over once its heartbeat is stale).
 const HAND_OVER_BOUND: Duration = Duration::from_secs(5);
+/// At shutdown, how long scrapes under way get before `/metrics` is closed.
+const METRICS_STOP_BOUND: Duration = Duration::from_secs(1);
 
 /// A bound, not yet serving coordinator; tests build it on port 0.
 pub struct Application {
@@ -214,7 +216,9 @@ impl Application {
     ///    streams end (the feed stops), and no new connection or call is accepted;
     /// 3. attempts in flight get SHUTDOWN_GRACE_MS to reach an outcome; the ones still running
     ///    then hand their attempts to the other replicas' recovery workers (`attempt::Drain`);
-    /// 4. the journal is closed (what it still holds is drained at the next start).
+    /// 4. `/metrics`, served until now, stops (after one more scrape if attempts were handed
+    ///    over and someone scrapes it);
+    /// 5. the journal is closed (what it still holds is drained at the next start).
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = self.tracker;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -259,7 +263,9 @@ impl Application {
         let drain = self.runner.drain.clone();
         let journal = self.runner.journal.clone();
         let metrics = self.runner.metrics.clone();
-        // Served through the drain (attempts in flight going down), stopped with the calls.
+        // Served through the whole shutdown (the drain, the hand-over) and stopped just before the
+        // journal closes, so that the final counts can be scraped: its own token and task, not
+        // the tracker's (whose wait ends the hand-over). The guard stops it on any early return.
         let sources = crate::metrics::Sources {
             metrics: metrics.clone(),
             store: self.runner.store.clone(),
@@ -267,10 +273,13 @@ impl Application {
             gate: self.runner.gate.clone(),
             feed: self.feed.clone(),
         };
-        let metrics_stop = self.feed_stop.clone();
-        tracker.spawn(crate::metrics::serve(
+        let metrics_stop = CancellationToken::new();
+        let metrics_guard = metrics_stop.clone().drop_guard();
+        let scrapes = crate::metrics::Scrapes::default();
+        let mut metrics_task = tokio::spawn(crate::metrics::serve(
             self.metrics_listener,
             sources,
+            scrapes.clone(),
             metrics_stop,
         ));
         let coordinator = Coordinator::new(self.runner, self.feed, tracker.clone());
@@ -416,7 +425,20 @@ impl Application {
             drain.handed_over()
         );
 
-        // 4. redb commits are durable when they return; closing releases the file.
+        // 4. /metrics stops. If attempts were handed over and someone scrapes here, one more
+        // scrape first (within the hand-over's bound), so that the hand-over is seen.
+        if drain.handed_over() > 0 && scrapes.ever_answered() {
+            let _ = tokio::time::timeout_at(hand_over_ends, scrapes.one_more()).await;
+        }
+        drop(metrics_guard);
+        if tokio::time::timeout(METRICS_STOP_BOUND, &mut metrics_task)
+            .await
+            .is_err()
+        {
+            metrics_task.abort();
+        }
+
+        // 5. redb commits are durable when they return; closing releases the file.
         match journal.close() {
             Ok((pending, true)) => {
                 tracing::info!(pending, "journal closed ({pending} pending)");

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use coordinator::domain::operations::free_text;
+use coordinator::domain::resolution::ReviewCause;
 use coordinator::journal::{CorruptEntry, Entry, Journal, decode_record, encode_record};
 use coordinator::store::{Fence, Finish};
 use payments_proto::v1 as pb;
@@ -392,7 +393,8 @@ fn finish() -> BoxedStrategy<Finish> {
             }
         }),
         (maybe(), text()).prop_map(|(intent_id, reason)| Finish::Cancelled { intent_id, reason }),
-        text().prop_map(|reason| Finish::Unknown { reason }),
+        (select(ReviewCause::ALL.to_vec()), text())
+            .prop_map(|(cause, reason)| Finish::Unknown { cause, reason }),
     ]
     .boxed()
 }
@@ -966,8 +968,8 @@ fn seed_records() -> Vec<(&'static str, Vec<u8>)> {
             message: String::new(),
         }, "op")),
         ("cancelled", encode(Finish::Cancelled { intent_id: Some("pi_3".into()), reason: "voided after a timeout".into() }, "recovery")),
-        ("unknown", encode(Finish::Unknown { reason: "HTTP 500 after charging \"maybe\"\n\\ twice".into() }, "op")),
-        ("unicode", encode(Finish::Unknown { reason: "réponse 🔥 \u{0} \u{1f} \u{feff}".into() }, "opérateur")),
+        ("unknown", encode(Finish::Unknown { cause: ReviewCause::RunsExhausted, reason: "HTTP 500 after charging \"maybe\"\n\\ twice".into() }, "op")),
+        ("unicode", encode(Finish::Unknown { cause: ReviewCause::NoCapability, reason: "réponse 🔥 \u{0} \u{1f} \u{feff}".into() }, "opérateur")),
         ("wrong-key", other_key),
         ("truncated", succeeded[..succeeded.len() / 2].to_vec()),
         ("checksum-mismatch", text.replace("pi_1", "pi_9").into_bytes()),

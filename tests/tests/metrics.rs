@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use integration_tests::checks::{reason, wait_for};
 use integration_tests::coordinator::{OPERATOR, SERVICE, TestEnv, client, key_for};
+use integration_tests::review;
 use payments_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -215,17 +216,23 @@ async fn metrics_count_payments_refusals_gateway_calls_and_watchers() {
             0.0
         );
     }
-    assert_eq!(
-        fresh.get(
-            "coordinator_payments_finished_total",
-            &[
-                ("outcome", "unknown"),
-                ("reason", ""),
-                ("via", "resolution")
-            ]
-        ),
-        0.0
-    );
+    for cause in [
+        "runs_exhausted",
+        "idempotency_window_passed",
+        "no_capability",
+    ] {
+        assert_eq!(
+            fresh.get(
+                "coordinator_payments_finished_total",
+                &[
+                    ("outcome", "unknown"),
+                    ("reason", cause),
+                    ("via", "resolution")
+                ]
+            ),
+            0.0
+        );
+    }
     assert!(fresh.series("coordinator_refusals_total").is_empty());
     assert_eq!(
         fresh.get("coordinator_db_pool_max_connections", &[]),
@@ -604,6 +611,169 @@ async fn a_lost_confirm_answer_counts_the_lookup_that_resolved_it() {
             "{operation} {outcome}"
         );
     }
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+/// How long the simulator holds a confirm in the tests below: the attempt stays in flight at
+/// least that long. A bound the test's own steps stay far within, never waited for as such.
+const HOLD_MS: u64 = 4_000;
+
+/// Holds the next confirms at the gateway for `ms`, then waits until `order_id`'s confirm is
+/// there (its key claimed: the call drew its latency and waits).
+async fn hold_confirms(env: &TestEnv, ms: u64) {
+    env.sim_control
+        .set_faults(serde_json::json!({ "latency_ms": ms, "operations": ["confirm"] }))
+        .await
+        .expect("hold the confirms");
+}
+
+async fn until_a_confirm_is_held(env: &TestEnv) {
+    wait_for("the confirm is held at the gateway", async || {
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        (ledger.calls.confirm == 1 && ledger.idempotency.in_flight == 1).then_some(())
+    })
+    .await;
+}
+
+/// `coordinator_attempts_in_flight` is wired to the attempt: 1 while its confirm is held at a
+/// slow gateway, 0 once it has succeeded.
+#[tokio::test]
+async fn the_in_flight_gauge_follows_an_attempt_at_a_slow_gateway() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("m3", &[]).await;
+    let addr = replica.metrics_addr;
+    let mut operator = replica.client(OPERATOR).await;
+    hold_confirms(&env, HOLD_MS).await;
+    let mut request = pay("met-slow", "k-slow", "pm_card_visa");
+    request.wait_for_outcome = false;
+    let started = operator
+        .process_payment(request)
+        .await
+        .expect("committed")
+        .into_inner();
+    assert_eq!(
+        started.order.expect("order").state(),
+        pb::OrderState::AwaitingConfirmation
+    );
+    until_a_confirm_is_held(&env).await;
+    wait_for("one attempt in flight", async || {
+        let m = scrape(addr).await;
+        (m.value("coordinator_attempts_in_flight", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let m = wait_for("the attempt has ended", async || {
+        let m = scrape(addr).await;
+        (m.value("coordinator_attempts_in_flight", &[]) == Some(0.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "coordinator_payments_finished_total",
+            &[("outcome", "succeeded"), ("reason", ""), ("via", "answer")]
+        ),
+        1.0
+    );
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+/// `/metrics` is served through the whole shutdown: an attempt held at the gateway past a short
+/// SHUTDOWN_GRACE_MS is handed over, and a scrape sees `handed_over_at_shutdown` (and nothing
+/// left in flight) before the endpoint stops with the replica.
+#[tokio::test]
+async fn the_hand_over_at_shutdown_can_be_scraped() {
+    let env = TestEnv::new().await;
+    let settings = env.settings("m4", &["--shutdown-grace-ms", "100"]);
+    let app = coordinator::server::Application::build(&settings)
+        .await
+        .expect("coordinator builds");
+    let url = format!("http://{}", app.local_addr().expect("addr"));
+    let addr = app.metrics_addr().expect("metrics addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(app.run_until(shutdown.clone()));
+    let mut operator = client(&url, Some(&key_for(OPERATOR))).await;
+    // Held far past the grace period: the attempt cannot end on its own during the shutdown.
+    hold_confirms(&env, 120_000).await;
+    let mut request = pay("met-handed", "k-handed", "pm_card_visa");
+    request.wait_for_outcome = false;
+    operator.process_payment(request).await.expect("committed");
+    until_a_confirm_is_held(&env).await;
+    wait_for("one attempt in flight", async || {
+        let m = scrape(addr).await;
+        (m.value("coordinator_attempts_in_flight", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let handed_over = &[("action", "handed_over_at_shutdown")];
+    assert_eq!(
+        scrape(addr)
+            .await
+            .get("coordinator_recovery_actions_total", handed_over),
+        0.0
+    );
+
+    shutdown.cancel();
+    // Scraped through the drain and the hand-over: the endpoint stays up until a scrape has
+    // shown the hand-over.
+    let m = wait_for("the hand-over is scraped", async || {
+        let m = scrape(addr).await;
+        (m.value("coordinator_recovery_actions_total", handed_over) == Some(1.0)
+            && m.value("coordinator_attempts_in_flight", &[]) == Some(0.0))
+        .then_some(m)
+    })
+    .await;
+    assert_eq!(m.get("coordinator_journal_depth", &[]), 0.0);
+    // Then the replica exits, and /metrics with it.
+    match tokio::time::timeout(integration_tests::checks::GUARD, server).await {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("the replica did not stop cleanly: {other:?}"),
+    }
+    assert!(
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .is_err(),
+        "/metrics still answers after shutdown"
+    );
+    env.cleanup().await;
+}
+
+/// An attempt nothing can settle (no gateway capability, the create's answer lost) is counted
+/// `unknown` with why: `no_capability`.
+#[tokio::test]
+async fn a_manual_review_is_counted_by_its_cause() {
+    let env = TestEnv::new().await;
+    let replica = env.replica("m5", &review::REPLICA_ARGS).await;
+    let mut operator = replica.client(OPERATOR).await;
+    review::charge_and_lose_the_next_answer(&env).await;
+    let answered = operator
+        .process_payment(pay("met-review", "k-review", "pm_card_visa"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(
+        answered.order.expect("order").state(),
+        pb::OrderState::ManualReview
+    );
+    let m = wait_for("no attempt in flight", async || {
+        let m = scrape(replica.metrics_addr).await;
+        (m.value("coordinator_attempts_in_flight", &[]) == Some(0.0)).then_some(m)
+    })
+    .await;
+    let unknown: BTreeMap<(String, String), f64> = m
+        .series("coordinator_payments_finished_total")
+        .into_iter()
+        .filter(|s| s.labels["outcome"] == "unknown" && s.value != 0.0)
+        .map(|s| {
+            (
+                (s.labels["reason"].clone(), s.labels["via"].clone()),
+                s.value,
+            )
+        })
+        .collect();
+    assert_eq!(
+        unknown,
+        BTreeMap::from([(("no_capability".to_owned(), "resolution".to_owned()), 1.0)])
+    );
     replica.stop().await;
     env.cleanup().await;
 }

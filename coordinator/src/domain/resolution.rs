@@ -79,10 +79,52 @@ pub enum Action {
     Cancel(String),
     /// Provably nothing was charged: finish the attempt CANCELLED, the order payable again.
     NothingCharged(String),
-    /// Nothing can establish the outcome: attempt UNKNOWN, order MANUAL_REVIEW.
-    ManualReview(String),
+    /// Nothing can establish the outcome: attempt UNKNOWN, order MANUAL_REVIEW; why, as a
+    /// closed cause and in words.
+    ManualReview(ReviewCause, String),
     /// Wait this long, then decide again.
     Wait(Duration),
+}
+
+/// Why nothing can establish an outcome: a closed set (the `reason` of
+/// `coordinator_payments_finished_total{outcome="unknown"}`), beside the words for the reviewer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReviewCause {
+    /// RECOVERY_MAX_RUNS runs spent their actions without an answer that settles it.
+    RunsExhausted,
+    /// Only a same-key replay could tell, and the gateway's idempotency window has passed.
+    IdempotencyWindowPassed,
+    /// The gateway offers nothing that could tell (no lookup, no idempotency keys, no cancel).
+    NoCapability,
+}
+
+impl ReviewCause {
+    pub const ALL: [ReviewCause; 3] = [
+        ReviewCause::RunsExhausted,
+        ReviewCause::IdempotencyWindowPassed,
+        ReviewCause::NoCapability,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewCause::RunsExhausted => "runs_exhausted",
+            ReviewCause::IdempotencyWindowPassed => "idempotency_window_passed",
+            ReviewCause::NoCapability => "no_capability",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReviewCause> {
+        ReviewCause::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// A replay was not possible: with idempotency keys, because the window passed.
+    fn without_replay(capabilities: &Capabilities) -> ReviewCause {
+        if capabilities.idempotency() {
+            ReviewCause::IdempotencyWindowPassed
+        } else {
+            ReviewCause::NoCapability
+        }
+    }
 }
 
 /// The first wait between resolution tries; it doubles each try, up to `MAX_SPACING`.
@@ -99,10 +141,13 @@ pub fn spacing(tries: u32) -> Duration {
 /// What to do next.
 pub fn decide(s: &Situation) -> Action {
     if s.tries >= s.max_tries {
-        return Action::ManualReview(format!(
-            "the outcome could not be established after {} resolution tries",
-            s.tries
-        ));
+        return Action::ManualReview(
+            ReviewCause::RunsExhausted,
+            format!(
+                "the outcome could not be established after {} resolution tries",
+                s.tries
+            ),
+        );
     }
     let replay = s.capabilities.may_replay(s.first_sent_at, s.now);
     if let Known::Busy { after } = s.known {
@@ -119,15 +164,18 @@ pub fn decide(s: &Situation) -> Action {
                 "one_shot: the create provably did nothing at the gateway".to_owned(),
             ),
             (Flow::OneShot, _) if replay => Action::ReplayCreate,
-            (Flow::OneShot, _) => Action::ManualReview(if s.capabilities.idempotency() {
-                "one_shot create in doubt and the gateway's idempotency window has passed: \
+            (Flow::OneShot, _) => Action::ManualReview(
+                ReviewCause::without_replay(&s.capabilities),
+                if s.capabilities.idempotency() {
+                    "one_shot create in doubt and the gateway's idempotency window has passed: \
                  a replay now would be a new charge"
-                    .to_owned()
-            } else {
-                "one_shot create in doubt, the intent id is unknown and the gateway has no \
+                        .to_owned()
+                } else {
+                    "one_shot create in doubt, the intent id is unknown and the gateway has no \
                  idempotency keys: nothing can tell whether it charged"
-                    .to_owned()
-            }),
+                        .to_owned()
+                },
+            ),
         };
     };
     match s.known {
@@ -139,10 +187,13 @@ pub fn decide(s: &Situation) -> Action {
             } else if s.capabilities.may_cancel() {
                 Action::Cancel(intent_id)
             } else {
-                Action::ManualReview(format!(
-                    "intent {intent_id} in doubt and the gateway allows no lookup, no replay \
-                     and no cancel"
-                ))
+                Action::ManualReview(
+                    ReviewCause::without_replay(&s.capabilities),
+                    format!(
+                        "intent {intent_id} in doubt and the gateway allows no lookup, no replay \
+                         and no cancel"
+                    ),
+                )
             }
         }
         Known::NotDone | Known::AwaitsConfirmation => {
@@ -216,7 +267,10 @@ mod tests {
                         let mut s = situation(flow, c, intent, known.clone());
                         s.tries = 5;
                         assert!(
-                            matches!(decide(&s), Action::ManualReview(_)),
+                            matches!(
+                                decide(&s),
+                                Action::ManualReview(ReviewCause::RunsExhausted, _)
+                            ),
                             "{flow} {c} {known:?} {intent:?}"
                         );
                     }
@@ -265,8 +319,9 @@ mod tests {
             let expected_replay = caps(c).idempotency();
             match decide(&s) {
                 Action::ReplayCreate => assert!(expected_replay, "{c}"),
-                Action::ManualReview(why) => {
+                Action::ManualReview(cause, why) => {
                     assert!(!expected_replay, "{c}");
+                    assert_eq!(cause, ReviewCause::NoCapability, "{c}");
                     assert!(why.contains("idempotency keys"), "{why}");
                 }
                 other => panic!("{c}: {other:?}"),
@@ -274,8 +329,13 @@ mod tests {
             // 23 h 30 min later: inside 24 h but past the safety margin.
             let mut late = situation(Flow::OneShot, c, None, Known::InDoubt);
             late.first_sent_at = late.now - (23 * HOUR + HOUR / 2);
+            let expected_cause = if caps(c).idempotency() {
+                ReviewCause::IdempotencyWindowPassed
+            } else {
+                ReviewCause::NoCapability
+            };
             assert!(
-                matches!(decide(&late), Action::ManualReview(_)),
+                matches!(decide(&late), Action::ManualReview(cause, _) if cause == expected_cause),
                 "{c}: never replay a create near or past the window"
             );
             // A create that provably did nothing charged nothing.
@@ -297,10 +357,12 @@ mod tests {
                 } else if k.may_cancel() {
                     Action::Cancel("pi_1".into())
                 } else {
-                    Action::ManualReview(String::new())
+                    Action::ManualReview(ReviewCause::NoCapability, String::new())
                 };
                 match (decide(&s), expected) {
-                    (Action::ManualReview(_), Action::ManualReview(_)) => {}
+                    (Action::ManualReview(got, _), Action::ManualReview(cause, _)) => {
+                        assert_eq!(got, cause, "{flow} {c}");
+                    }
                     (got, expected) => assert_eq!(got, expected, "{flow} {c}"),
                 }
             }

@@ -8,9 +8,12 @@
 //! Gauges that are cheap to read (the pool, the journal, the payments gate, the feed) are read
 //! when `/metrics` is scraped (`serve.rs`), so nothing has to keep them current.
 //!
-//! Labels are small closed sets: never an order id, a key, a customer or an amount. The one
-//! label whose values come from outside, a decline code, is kept only when it looks like one
-//! (`[a-z0-9_]`, at most 48 characters) and is `other` otherwise.
+//! Labels are small closed sets: never an order id, a key, a customer or an amount. The two
+//! labels whose values come from outside are allowlists: a decline code is kept only if it is
+//! one of [`DECLINE_CODES`] (the simulator's and Stripe's documented ones), else `other`; an
+//! error's `ErrorInfo` reason only if it is one of ours ([`REASONS`], domain `payments.v1`),
+//! else `OTHER`. So whatever a gateway or a layer invents never becomes a new series, and no
+//! digits from outside (a card number in a decline code) ever reach a label.
 
 mod gateway;
 mod refusals;
@@ -28,9 +31,12 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use gateway::TimedGateway;
 pub use refusals::CountErrorsLayer;
-pub use serve::{Sources, serve};
+pub use serve::{Scrapes, Sources, serve};
 
-use crate::domain::{AttemptOutcome, resolution::Action};
+use crate::domain::{
+    AttemptOutcome,
+    resolution::{Action, ReviewCause},
+};
 use crate::store::Finish;
 
 /// Gateway call durations, seconds: from a fast local answer to past GATEWAY_TIMEOUT_MS' default.
@@ -59,8 +65,9 @@ struct FlowLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FinishedLabels {
     outcome: &'static str,
-    /// The decline code for `declined`; empty otherwise.
-    reason: String,
+    /// `declined`: the decline code ([`DECLINE_CODES`] or `other`); `unknown`: why nothing could
+    /// establish it ([`ReviewCause`]); empty otherwise.
+    reason: &'static str,
     /// How the outcome was learnt: `answer` (the charging call's own answer), `resolution`
     /// (lookup, same-key replay or cancel after an unknown outcome, inline or by the recovery
     /// worker), `journal` (written by the journal's drainer after PostgreSQL came back).
@@ -70,7 +77,7 @@ struct FinishedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     code: &'static str,
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,7 +163,7 @@ impl From<&Action> for ActionKind {
             Action::ReplayConfirm(_) => ActionKind::ReplayConfirm,
             Action::Cancel(_) => ActionKind::Cancel,
             Action::NothingCharged(_) => ActionKind::NothingCharged,
-            Action::ManualReview(_) => ActionKind::ManualReview,
+            Action::ManualReview(..) => ActionKind::ManualReview,
             Action::Wait(_) => ActionKind::Wait,
         }
     }
@@ -242,12 +249,12 @@ impl Metrics {
         );
         registry.register(
             "payments_finished",
-            "Attempt outcomes this replica wrote to PostgreSQL: outcome succeeded|declined|cancelled|unknown (unknown = manual review), reason = decline code, via answer|resolution|journal",
+            "Attempt outcomes this replica wrote to PostgreSQL: outcome succeeded|declined|cancelled|unknown (unknown = manual review); reason = the decline code (a known one, else other) or why it is unknown (runs_exhausted, idempotency_window_passed, no_capability); via answer|resolution|journal",
             f.payments_finished.clone(),
         );
         registry.register(
             "refusals",
-            "gRPC errors the API returned (unary, stream start or stream end), by code and ErrorInfo reason (empty when the error carries none)",
+            "gRPC errors the API returned (unary, stream start or stream end), by code and ErrorInfo reason (empty when the error carries none, OTHER when it is not one of ours); errors tonic makes outside the API's layers (a client's deadline, a failed TLS handshake) are not counted",
             f.refusals.clone(),
         );
         registry.register_with_unit(
@@ -343,11 +350,15 @@ impl Metrics {
                 flow: flow.as_str(),
             }));
         }
-        for outcome in ["succeeded", "cancelled", "unknown"] {
+        let unknown = ReviewCause::ALL.map(|cause| ("unknown", cause.as_str()));
+        for (outcome, reason) in [("succeeded", ""), ("cancelled", "")]
+            .into_iter()
+            .chain(unknown)
+        {
             for via in ["answer", "resolution", "journal"] {
                 drop(families.payments_finished.get_or_create(&FinishedLabels {
                     outcome,
-                    reason: String::new(),
+                    reason,
                     via,
                 }));
             }
@@ -384,8 +395,9 @@ impl Metrics {
             AttemptOutcome::InFlight => "in_flight",
         };
         let reason = match finish {
-            Finish::Declined { decline_code, .. } => label_value(decline_code),
-            _ => String::new(),
+            Finish::Declined { decline_code, .. } => decline_label(decline_code),
+            Finish::Unknown { cause, .. } => cause.as_str(),
+            _ => "",
         };
         let via = match step {
             "journal" => "journal",
@@ -425,37 +437,118 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The API returned an error with `code` and ErrorInfo `reason`.
+    /// The API returned an error with `code` and, if it carries an `ErrorInfo` of domain
+    /// `payments.v1`, its `reason` (`Some("")`: an `ErrorInfo` of another domain).
     fn error_returned(&self, code: tonic::Code, reason: Option<&str>) {
-        let reason = reason
-            .filter(|r| {
-                !r.is_empty()
-                    && r.len() <= 64
-                    && r.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-            })
-            .unwrap_or(if reason.is_some() { "OTHER" } else { "" });
+        let reason = match reason {
+            None => "",
+            Some(reason) => REASONS
+                .iter()
+                .copied()
+                .find(|ours| *ours == reason)
+                .unwrap_or("OTHER"),
+        };
         self.inner
             .refusals
             .get_or_create(&ErrorLabels {
                 code: code_name(code),
-                reason: reason.to_owned(),
+                reason,
             })
             .inc();
     }
 }
 
-/// A label value from outside (a decline code): kept if it looks like one, else `other`.
-fn label_value(value: &str) -> String {
-    if !value.is_empty()
-        && value.len() <= 48
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        value.to_owned()
-    } else {
-        "other".to_owned()
-    }
+/// The `ErrorInfo` reasons the API gives (`error.rs`, CONTRACT §3 and docs/ARCHITECTURE.md's
+/// refusals): the values `coordinator_refusals_total{reason}` may take, besides `""` and `OTHER`.
+pub const REASONS: [&str; 21] = [
+    "PAYMENT_IN_PROGRESS",
+    "ALREADY_PAID",
+    "IN_MANUAL_REVIEW",
+    "ORDER_MISMATCH",
+    "IDEMPOTENCY_KEY_REUSED",
+    "INVALID_REQUEST",
+    "PAYMENTS_PAUSED",
+    "STORE_UNAVAILABLE",
+    "RATE_LIMITED",
+    "REPLICA_SHUTTING_DOWN",
+    "UNAUTHENTICATED",
+    "FORBIDDEN",
+    "ORDER_NOT_FOUND",
+    "NOT_IN_MANUAL_REVIEW",
+    "RESOLUTION_CONTRADICTED",
+    "GATEWAY_UNAVAILABLE",
+    "NOT_PAID",
+    "REFUND_EXCEEDS_PAID",
+    "REFUND_IN_PROGRESS",
+    "REFUND_FAILED",
+    "INTERNAL",
+];
+
+/// The decline codes `coordinator_payments_finished_total{outcome="declined"}` keeps as its
+/// `reason`: every one the simulator sends, Stripe's documented decline codes, the card-error
+/// codes a decline falls back to when it carries no decline code (`card_declined`,
+/// `expired_card`, …), and `declined` (recovery's word for a declined intent without one).
+/// Anything else is `other`: a gateway's invention never becomes a new series, and nothing from
+/// outside (digits of a card number) becomes a label value.
+pub const DECLINE_CODES: [&str; 49] = [
+    "approve_with_id",
+    "authentication_required",
+    "call_issuer",
+    "card_declined",
+    "card_not_supported",
+    "card_velocity_exceeded",
+    "currency_not_supported",
+    "declined",
+    "do_not_honor",
+    "do_not_try_again",
+    "duplicate_transaction",
+    "expired_card",
+    "fraudulent",
+    "generic_decline",
+    "incorrect_cvc",
+    "incorrect_number",
+    "incorrect_pin",
+    "incorrect_zip",
+    "insufficient_funds",
+    "invalid_account",
+    "invalid_amount",
+    "invalid_cvc",
+    "invalid_expiry_month",
+    "invalid_expiry_year",
+    "invalid_number",
+    "invalid_pin",
+    "issuer_not_available",
+    "lost_card",
+    "merchant_blacklist",
+    "new_account_information_available",
+    "no_action_taken",
+    "not_permitted",
+    "offline_pin_required",
+    "online_or_offline_pin_required",
+    "pickup_card",
+    "pin_try_exceeded",
+    "processing_error",
+    "reenter_transaction",
+    "restricted_card",
+    "revocation_of_all_authorizations",
+    "revocation_of_authorization",
+    "security_violation",
+    "service_not_allowed",
+    "stolen_card",
+    "stop_payment_order",
+    "testmode_decline",
+    "transaction_not_allowed",
+    "try_again_later",
+    "withdrawal_count_limit_exceeded",
+];
+
+/// A decline code as a label value: one of [`DECLINE_CODES`], else `other`.
+fn decline_label(code: &str) -> &'static str {
+    DECLINE_CODES
+        .iter()
+        .copied()
+        .find(|known| *known == code)
+        .unwrap_or("other")
 }
 
 /// The canonical name of a gRPC code, as `grpc_status` names it.
@@ -537,5 +630,113 @@ mod tests {
         assert!(!out.contains("4242"), "{out}");
         drop(guard);
         assert!(text(&metrics).contains("coordinator_attempts_in_flight 0\n"));
+    }
+
+    fn declined(code: &str) -> Finish {
+        Finish::Declined {
+            intent_id: Some("pi_1".into()),
+            decline_code: code.into(),
+            message: "no".into(),
+        }
+    }
+
+    #[test]
+    fn decline_codes_outside_the_allowlist_are_other() {
+        let metrics = Metrics::new();
+        // Card-like digits, and a well-formed code nobody documents: both `other`, one series.
+        metrics.payment_finished(&declined("4242424242424242"), "confirm");
+        metrics.payment_finished(&declined("made_up_by_the_gateway_7"), "confirm");
+        metrics.payment_finished(&declined("card_velocity_exceeded"), "confirm");
+        let out = text(&metrics);
+        assert!(!out.contains("4242"), "{out}");
+        assert!(!out.contains("made_up"), "{out}");
+        assert!(out.contains(
+            "coordinator_payments_finished_total{outcome=\"declined\",reason=\"other\",via=\"answer\"} 2\n"
+        ));
+        assert!(out.contains(
+            "coordinator_payments_finished_total{outcome=\"declined\",reason=\"card_velocity_exceeded\",via=\"answer\"} 1\n"
+        ));
+        // Every code the simulator sends is kept as it is.
+        for code in [
+            "generic_decline",
+            "insufficient_funds",
+            "fraudulent",
+            "lost_card",
+            "stolen_card",
+        ] {
+            assert_eq!(decline_label(code), code);
+        }
+        assert!(
+            DECLINE_CODES
+                .iter()
+                .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        );
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_counted_by_why_it_is_unknown() {
+        let metrics = Metrics::new();
+        let out = text(&metrics);
+        // Every cause starts at 0.
+        for cause in ReviewCause::ALL {
+            for via in ["answer", "resolution", "journal"] {
+                let series = format!(
+                    "coordinator_payments_finished_total{{outcome=\"unknown\",reason=\"{}\",via=\"{via}\"}} 0\n",
+                    cause.as_str()
+                );
+                assert!(out.contains(&series), "{series} in\n{out}");
+            }
+        }
+        assert!(!out.contains("outcome=\"unknown\",reason=\"\""), "{out}");
+        metrics.payment_finished(
+            &Finish::Unknown {
+                cause: ReviewCause::IdempotencyWindowPassed,
+                reason: "one_shot create in doubt and the window has passed".into(),
+            },
+            "recovery",
+        );
+        assert!(text(&metrics).contains(
+            "coordinator_payments_finished_total{outcome=\"unknown\",reason=\"idempotency_window_passed\",via=\"resolution\"} 1\n"
+        ));
+    }
+
+    #[test]
+    fn error_reasons_not_ours_are_other() {
+        let metrics = Metrics::new();
+        metrics.error_returned(tonic::Code::Unavailable, Some("SOMEONE_ELSES_REASON"));
+        metrics.error_returned(tonic::Code::Unavailable, Some(""));
+        metrics.error_returned(tonic::Code::Unavailable, Some("STORE_UNAVAILABLE"));
+        let out = text(&metrics);
+        assert!(
+            out.contains("coordinator_refusals_total{code=\"UNAVAILABLE\",reason=\"OTHER\"} 2\n")
+        );
+        assert!(out.contains(
+            "coordinator_refusals_total{code=\"UNAVAILABLE\",reason=\"STORE_UNAVAILABLE\"} 1\n"
+        ));
+        assert!(!out.contains("SOMEONE_ELSE"), "{out}");
+    }
+
+    /// `REASONS` holds every reason `error.rs` gives (read from its source: a reason added
+    /// there and forgotten here would be counted as `OTHER`).
+    #[test]
+    fn every_reason_error_rs_gives_is_allowed() {
+        let source = include_str!("../error.rs");
+        let mut found = 0;
+        for (at, _) in source.match_indices("(Code::") {
+            let rest = &source[at..];
+            let Some(pair) = rest.get(..rest.find(')').unwrap_or(0)) else {
+                continue;
+            };
+            let Some((_, reason)) = pair.split_once(", \"") else {
+                continue;
+            };
+            let reason = reason.trim_end_matches('"');
+            assert!(
+                REASONS.contains(&reason),
+                "{reason} is missing from REASONS"
+            );
+            found += 1;
+        }
+        assert!(found >= 20, "found only {found} reasons in error.rs");
     }
 }

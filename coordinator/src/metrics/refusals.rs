@@ -2,8 +2,12 @@
 //! (`coordinator_refusals_total`), as the caller sees it: a tower layer outside the auth layer, so
 //! refusals decided there (`UNAUTHENTICATED`, `RATE_LIMITED`, `FORBIDDEN`), by handlers
 //! (everything `error.rs` maps) and by tonic itself (`UNIMPLEMENTED`) are all counted, in one
-//! place. An error is read from the response headers (a trailers-only answer: a refused unary
-//! call or stream) or from the trailers at a stream's end (a watch stream ended `UNAVAILABLE`).
+//! place. A reason that is not one of ours (`REASONS`, domain `payments.v1`) is counted as
+//! `OTHER`. Errors tonic makes outside these layers are not seen here: a call whose client
+//! deadline (`grpc-timeout`) passed is answered `CANCELLED` by tonic's own timeout, outside them,
+//! and a connection whose TLS handshake fails never becomes a call. An error is read from the
+//! response headers (a trailers-only answer: a refused unary call or stream) or from the
+//! trailers at a stream's end (a watch stream ended `UNAVAILABLE`).
 
 use std::{
     pin::Pin,
@@ -86,9 +90,16 @@ fn count(metrics: &Metrics, headers: &HeaderMap) {
         return;
     }
     let details = status.get_error_details();
+    // A reason of another domain is not one of ours, whatever it says.
     metrics.error_returned(
         status.code(),
-        details.error_info().map(|info| info.reason.as_str()),
+        details.error_info().map(|info| {
+            if info.domain == crate::error::ERROR_DOMAIN {
+                info.reason.as_str()
+            } else {
+                ""
+            }
+        }),
     );
 }
 
@@ -147,6 +158,23 @@ mod tests {
             out.contains(
                 "coordinator_refusals_total{code=\"UNAVAILABLE\",reason=\"STORE_UNAVAILABLE\"} 1\n"
             ),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reason_of_another_domain_is_other() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            "STORE_UNAVAILABLE",
+            "elsewhere.example",
+            std::collections::HashMap::new(),
+        );
+        let status = tonic::Status::with_error_details(tonic::Code::Unavailable, "no", details);
+        let out = answered(status.into_http()).await;
+        assert!(
+            out.contains("coordinator_refusals_total{code=\"UNAVAILABLE\",reason=\"OTHER\"} 1\n"),
             "{out}"
         );
     }

@@ -32,7 +32,12 @@ impl Store {
         name = "pg.begin_attempt",
         target = TRACE_ONLY,
         skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", order_id = %new.order_id)
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            order_id = %new.order_id,
+            attempt = tracing::field::Empty,
+        )
     )]
     pub async fn begin_attempt(&self, new: &NewAttempt) -> Result<Begin, StoreError> {
         let mut client = self.client().await?;
@@ -177,6 +182,8 @@ impl Store {
         let number: i32 = column(&taken, "attempt_count")?;
         let key_number = u32::try_from(number)
             .map_err(|_| StoreError::Corrupt(format!("attempt number {number}")))?;
+        // Known only now (the order's count decides it).
+        tracing::Span::current().record("attempt", number);
 
         // 7. The attempt itself, with the gateway keys every replica derives alike.
         let insert_attempt = tx
@@ -619,7 +626,7 @@ impl Store {
             Finish::Cancelled { intent_id, reason } => {
                 (intent_id.as_deref(), None, Some(reason.as_str()))
             }
-            Finish::Unknown { reason } => (None, None, Some(reason.as_str())),
+            Finish::Unknown { reason, .. } => (None, None, Some(reason.as_str())),
         };
         let update_attempt = tx
             .prepare_cached(
@@ -670,7 +677,7 @@ impl Store {
                 "cancelled, nothing charged (intent {}): {reason}",
                 intent_id.as_deref().unwrap_or("none")
             ),
-            Finish::Unknown { reason } => format!("outcome unknown, manual review: {reason}"),
+            Finish::Unknown { reason, .. } => format!("outcome unknown, manual review: {reason}"),
         };
         let amount: i64 = column(&order, "amount_minor")?;
         let currency: String = column(&order, "currency")?;

@@ -121,8 +121,10 @@ pub enum Finish {
         intent_id: Option<String>,
         reason: String,
     },
-    /// Nothing can establish the outcome: the order goes to MANUAL_REVIEW, `reason` says why.
+    /// Nothing can establish the outcome: the order goes to MANUAL_REVIEW, `reason` says why
+    /// (`cause`: the same, as a closed set).
     Unknown {
+        cause: crate::domain::resolution::ReviewCause,
         reason: String,
     },
 }
