@@ -11,8 +11,12 @@ use tonic_health::server::{HealthReporter, HealthService};
 /// answered, health watches were ended by the shutdown). The shutdown turns health NOT_SERVING
 /// before `stop`, so that probes here see the drain as the main port's callers do.
 pub async fn serve(listener: TcpListener, reporter: HealthReporter, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "health port (grpc.health.v1 only, plain text) listening");
+    // Plainly (`addr=127.0.0.1:8081`): with HEALTH_LISTEN on port 0 this line says where.
+    let addr = listener
+        .local_addr()
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, "health port (grpc.health.v1 only, plain text) listening");
     let service = tonic_health::pb::health_server::HealthServer::new(
         HealthService::from_health_reporter(reporter),
     );

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use booking_sim::watch::{TlsFiles, WatchClient, endpoint};
 use clap::Parser;
 use coordinator::{config::Settings, server::Application};
-use integration_tests::checks::{GUARD, charges};
+use integration_tests::checks::{GUARD, charges, wait_for};
 use integration_tests::coordinator::{OPERATOR, TestEnv, key_for};
 use integration_tests::payctl::Payctl;
 use integration_tests::process::{CoordinatorProcess, coordinator_binary};
@@ -116,32 +116,76 @@ fn str_args(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// `grpc.health.v1.Health/Check` of the whole server at `url`; any failure (connection, TLS
-/// handshake, call) as text.
-async fn health(url: &str, tls: &TlsFiles) -> Result<ServingStatus, String> {
+/// Why a client did not get its answer (its fields are read through `Debug`, in failures).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Failure {
+    /// The client's own configuration (unreadable files).
+    Setup(String),
+    /// The connection (TCP, TLS handshake, HTTP/2) failed before any call.
+    Connect(tonic::transport::Error),
+    /// The call failed: a status the server sent, or one the client made of a broken connection.
+    Call(tonic::Status),
+}
+
+impl Failure {
+    /// Refused by the transport (the TLS handshake, or a connection the server closed because of
+    /// it), not by the coordinator's own layers: either no connection at all, or a call whose
+    /// status the client made of a broken connection (its source is the transport error; one
+    /// the server sent, such as `UNAUTHENTICATED` from the auth layer, has no source and carries
+    /// an `ErrorInfo`).
+    fn is_transport_refusal(&self) -> bool {
+        match self {
+            Failure::Setup(_) => false,
+            Failure::Connect(_) => true,
+            Failure::Call(status) => {
+                let made_by_the_client = std::error::Error::source(status)
+                    .is_some_and(|source| source.is::<tonic::transport::Error>());
+                made_by_the_client
+                    && matches!(
+                        status.code(),
+                        tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+                    )
+                    && tonic_types::StatusExt::get_details_error_info(status).is_none()
+            }
+        }
+    }
+}
+
+/// Asserts that `result` is a refusal by the transport (see `Failure::is_transport_refusal`).
+#[track_caller]
+fn assert_transport_refusal<T: std::fmt::Debug>(result: &Result<T, Failure>, what: &str) {
+    match result {
+        Err(failure) if failure.is_transport_refusal() => {}
+        other => panic!("{what}: not refused by the transport: {other:?}"),
+    }
+}
+
+/// `grpc.health.v1.Health/Check` of the whole server at `url`.
+async fn health(url: &str, tls: &TlsFiles) -> Result<ServingStatus, Failure> {
     let channel = endpoint(url, tls)
-        .map_err(|e| format!("{e:#}"))?
+        .map_err(|e| Failure::Setup(format!("{e:#}")))?
         .connect()
         .await
-        .map_err(|e| format!("connect: {e:?}"))?;
+        .map_err(Failure::Connect)?;
     let reply = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
-        .map_err(|status| format!("call: {status:?}"))?;
+        .map_err(Failure::Call)?;
     Ok(reply.into_inner().status())
 }
 
-/// A paid order (waiting for the outcome) through `url` as the operator; any failure as text.
-async fn pay(url: &str, tls: &TlsFiles, order_id: &str) -> Result<pb::Order, String> {
+/// A paid order (waiting for the outcome) through `url` as the operator.
+async fn pay(url: &str, tls: &TlsFiles, order_id: &str) -> Result<pb::Order, Failure> {
     let channel = endpoint(url, tls)
-        .map_err(|e| format!("{e:#}"))?
+        .map_err(|e| Failure::Setup(format!("{e:#}")))?
         .connect()
         .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    let client =
-        WatchClient::with_channel(channel, &key_for(OPERATOR)).map_err(|e| e.to_string())?;
+        .map_err(Failure::Connect)?;
+    let client = WatchClient::with_channel(channel, &key_for(OPERATOR))
+        .map_err(|e| Failure::Setup(e.to_string()))?;
     let request = pb::ProcessPaymentRequest {
         order_id: order_id.to_owned(),
         amount: Some(pb::Money {
@@ -158,11 +202,11 @@ async fn pay(url: &str, tls: &TlsFiles, order_id: &str) -> Result<pb::Order, Str
         .client()
         .process_payment(request)
         .await
-        .map_err(|status| format!("call: {status:?}"))?;
+        .map_err(Failure::Call)?;
     reply
         .into_inner()
         .order
-        .ok_or_else(|| "no order in the answer".to_owned())
+        .ok_or_else(|| Failure::Setup("no order in the answer".to_owned()))
 }
 
 /// A `Health/Watch` stream of the overall health in plain text at `url`.
@@ -191,6 +235,22 @@ async fn next_health(stream: &mut tonic::Streaming<HealthCheckResponse>) -> Opti
     }
 }
 
+/// The health port's address, from the line the coordinator logs when it listens.
+async fn logged_health_addr(process: &CoordinatorProcess) -> String {
+    wait_for("the health port's address is logged", async || {
+        process
+            .log_text()
+            .lines()
+            .find(|line| line.contains("health port"))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix("addr="))
+            })
+            .map(str::to_owned)
+    })
+    .await
+}
+
 /// The real binary with mTLS and a plain-text health port: only clients with a certificate of
 /// the configured CA get through (health, a payment, payctl); the health port answers probes in
 /// plain text and follows the graceful shutdown (NOT_SERVING first, then closed).
@@ -198,17 +258,17 @@ async fn next_health(stream: &mut tonic::Streaming<HealthCheckResponse>) -> Opti
 async fn mtls_on_the_real_binary() {
     let pki = Pki::new("mtls");
     let env = TestEnv::new().await;
-    let health_port = booking_sim::stack::free_port().expect("free port");
-    let health_listen = format!("127.0.0.1:{health_port}");
+    // Port 0: the coordinator binds it and logs the address (no free port to race for).
     let mut args = pki.server_args(true);
-    args.extend(["--health-listen".to_owned(), health_listen.clone()]);
+    args.extend(["--health-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let mut process = CoordinatorProcess::spawn(&env, "tls-1", &str_args(&args)).await;
     let url = format!("https://{}", process.addr);
+    let health_listen = logged_health_addr(&process).await;
 
     // A client with a certificate signed by TLS_CLIENT_CA_FILE: health and a payment over TLS.
     let valid = pki.client(Some("client"));
     assert_eq!(
-        health(&url, &valid).await,
+        health(&url, &valid).await.map_err(|f| format!("{f:?}")),
         Ok(ServingStatus::Serving),
         "log:\n{}",
         process.log_text()
@@ -219,17 +279,20 @@ async fn mtls_on_the_real_binary() {
 
     // Without a client certificate, with one of an unrelated CA, or in plain text: refused
     // before any call reaches the coordinator.
-    let refused = health(&url, &pki.client(None)).await;
-    assert!(refused.is_err(), "no client certificate: {refused:?}");
-    let refused = pay(&url, &pki.client(None), "tls-anonymous").await;
-    assert!(refused.is_err(), "no client certificate: {refused:?}");
-    let refused = health(&url, &pki.client(Some("rogue"))).await;
-    assert!(refused.is_err(), "unrelated CA: {refused:?}");
-    let refused = pay(&url, &pki.client(Some("rogue")), "tls-rogue").await;
-    assert!(refused.is_err(), "unrelated CA: {refused:?}");
+    let anonymous = pki.client(None);
+    let rogue = pki.client(Some("rogue"));
+    assert_transport_refusal(&health(&url, &anonymous).await, "no client certificate");
+    assert_transport_refusal(
+        &pay(&url, &anonymous, "tls-anonymous").await,
+        "no client certificate",
+    );
+    assert_transport_refusal(&health(&url, &rogue).await, "unrelated CA");
+    assert_transport_refusal(&pay(&url, &rogue, "tls-rogue").await, "unrelated CA");
     let plain_url = format!("http://{}", process.addr);
-    let refused = health(&plain_url, &TlsFiles::default()).await;
-    assert!(refused.is_err(), "plain text to the TLS port: {refused:?}");
+    assert_transport_refusal(
+        &health(&plain_url, &TlsFiles::default()).await,
+        "plain text to the TLS port",
+    );
     assert_eq!(charges(&env, "tls-anonymous").await, 0);
     assert_eq!(charges(&env, "tls-rogue").await, 0);
 
@@ -266,7 +329,9 @@ async fn mtls_on_the_real_binary() {
     // The health port: plain text, health only, the same state as the main port.
     let health_url = format!("http://{health_listen}");
     assert_eq!(
-        health(&health_url, &TlsFiles::default()).await,
+        health(&health_url, &TlsFiles::default())
+            .await
+            .map_err(|f| format!("{f:?}")),
         Ok(ServingStatus::Serving)
     );
     let mut watch = watch_health(&health_url).await;
@@ -297,7 +362,9 @@ async fn tls_without_client_certificates() {
     let url = replica.url.replacen("http://", "https://", 1);
 
     assert_eq!(
-        health(&url, &pki.client(None)).await,
+        health(&url, &pki.client(None))
+            .await
+            .map_err(|f| format!("{f:?}")),
         Ok(ServingStatus::Serving)
     );
     let order = pay(&url, &pki.client(None), "tls-open")
@@ -309,9 +376,11 @@ async fn tls_without_client_certificates() {
         ca_file: Some(pki.path("rogue-ca.pem")),
         ..TlsFiles::default()
     };
-    assert!(health(&url, &untrusted).await.is_err());
-    let refused = health(&replica.url, &TlsFiles::default()).await;
-    assert!(refused.is_err(), "plain text to the TLS port: {refused:?}");
+    assert_transport_refusal(&health(&url, &untrusted).await, "untrusted server");
+    assert_transport_refusal(
+        &health(&replica.url, &TlsFiles::default()).await,
+        "plain text to the TLS port",
+    );
     replica.stop().await;
     env.cleanup().await;
 }
