@@ -164,8 +164,9 @@ pub struct Settings {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
 
-    /// Where traces go (OTLP); unset: no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    /// Where traces go (OTLP/gRPC, http:// or https://); unset: no export. Its value is hidden
+    /// from `--help` (it may carry credentials).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", hide_env_values = true)]
     pub otel_exporter_otlp_endpoint: Option<String>,
 
     /// Each API key's sustained request rate (requests per second); past its budget a caller is
@@ -298,9 +299,13 @@ impl fmt::Debug for Settings {
             .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
             .field("breaker_probes", &self.breaker_probes)
             .field("log_format", &self.log_format)
+            // May carry credentials (user:password@): shown without them.
             .field(
                 "otel_exporter_otlp_endpoint",
-                &self.otel_exporter_otlp_endpoint,
+                &self
+                    .otel_exporter_otlp_endpoint
+                    .as_deref()
+                    .map(crate::telemetry::without_userinfo),
             )
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
@@ -443,10 +448,14 @@ mod tests {
             "sk_live_supersecret",
             "--database-url",
             "postgres://app:hunter2@db:5432/payments",
+            "--otel-exporter-otlp-endpoint",
+            "https://otel:s3cret@collector:4317",
         ]);
         let shown = format!("{s:?}");
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("https://collector:4317"), "{shown}");
         assert!(
             shown.contains("postgres://app:****@db:5432/payments"),
             "{shown}"

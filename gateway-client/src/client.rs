@@ -211,6 +211,7 @@ impl GatewayClient {
         let span = tracing::info_span!(
             "gateway.confirm_intent",
             idempotency_key = %key,
+            attempt = key.attempt(),
             intent_id = %intent_id,
             outcome = tracing::field::Empty,
         );
@@ -254,6 +255,7 @@ impl GatewayClient {
         let span = tracing::info_span!(
             "gateway.cancel_intent",
             idempotency_key = %key,
+            attempt = key.attempt(),
             intent_id = %intent_id,
             outcome = tracing::field::Empty,
         );
@@ -402,7 +404,13 @@ impl GatewayClient {
         if let Some(limiter) = &self.inner.limiter {
             limiter.until_ready().await;
         }
-        let span = http_span(&method, route, url, try_number);
+        let span = http_span(
+            &method,
+            route,
+            url,
+            try_number,
+            key.and_then(IdempotencyKey::attempt),
+        );
         self.exchange(method, url, form, key, &span)
             .instrument(span.clone())
             .await
@@ -472,13 +480,17 @@ impl GatewayClient {
 }
 
 /// The OpenTelemetry client span of one HTTP request (semantic conventions for HTTP clients),
-/// e.g. `POST /v1/payment_intents/{id}/confirm`. The URL is shown without credentials, and no
-/// header is recorded (the Authorization header holds the gateway's secret key).
-fn http_span(method: &Method, route: &str, url: &reqwest::Url, try_number: u32) -> tracing::Span {
-    let mut shown = url.clone();
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    tracing::info_span!(
+/// e.g. `POST /v1/payment_intents/{id}/confirm`, with the payment attempt its idempotency key
+/// belongs to. The URL is shown without credentials, and no header is recorded (the
+/// Authorization header holds the gateway's secret key).
+fn http_span(
+    method: &Method,
+    route: &str,
+    url: &reqwest::Url,
+    try_number: u32,
+    attempt: Option<u32>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
         // Exported only: the coordinator keeps this target out of its log lines.
         target: "gateway_client::otel",
         "gateway.http",
@@ -489,11 +501,21 @@ fn http_span(method: &Method, route: &str, url: &reqwest::Url, try_number: u32) 
         http.route = route,
         http.request.resend_count = try_number.saturating_sub(1),
         http.response.status_code = tracing::field::Empty,
-        url.full = %shown,
+        url.full = tracing::field::Empty,
         server.address = url.host_str().unwrap_or_default(),
         server.port = url.port_or_known_default(),
         error.type = tracing::field::Empty,
-    )
+        attempt = attempt,
+    );
+    // The URL is copied (to strip credentials) only for a span that is exported: without traces
+    // this span is disabled, and a request costs no copy.
+    if !span.is_disabled() {
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        span.record("url.full", tracing::field::display(&shown));
+    }
+    span
 }
 
 /// Waiting a little more than `Retry-After` keeps clients that were throttled together apart.

@@ -37,12 +37,20 @@ impl fmt::Display for PaymentStep {
 
 /// The `Idempotency-Key` of one POST. Only built by the constructors below.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey {
+    key: String,
+    /// The payment attempt the key belongs to (none for a refund), kept beside the key so that
+    /// the request's span can name it without parsing the key.
+    attempt: Option<u32>,
+}
 
 impl IdempotencyKey {
     /// `pay:{order_id}:{attempt}:{step}`.
     pub fn payment(order_id: &str, attempt: u32, step: PaymentStep) -> Self {
-        Self(format!("pay:{order_id}:{attempt}:{step}"))
+        Self {
+            key: format!("pay:{order_id}:{attempt}:{step}"),
+            attempt: Some(attempt),
+        }
     }
 
     /// `pay:{order_id}:{attempt}:create`.
@@ -62,23 +70,31 @@ impl IdempotencyKey {
 
     /// `refund:{order_id}:{refund_number}`.
     pub fn refund(order_id: &str, refund_number: u32) -> Self {
-        Self(format!("refund:{order_id}:{refund_number}"))
+        Self {
+            key: format!("refund:{order_id}:{refund_number}"),
+            attempt: None,
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    /// The payment attempt of a `pay:` key; `None` for a refund's.
+    pub fn attempt(&self) -> Option<u32> {
+        self.attempt
     }
 }
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.key)
     }
 }
 
 impl AsRef<str> for IdempotencyKey {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.key
     }
 }
 
@@ -135,5 +151,12 @@ mod tests {
             IdempotencyKey::refund("ord-9", 2).as_str(),
             "refund:ord-9:2"
         );
+    }
+
+    #[test]
+    fn a_payment_key_knows_its_attempt_and_a_refund_key_has_none() {
+        assert_eq!(IdempotencyKey::confirm("o:1:2", 3).attempt(), Some(3));
+        assert_eq!(IdempotencyKey::create("o", 1).attempt(), Some(1));
+        assert_eq!(IdempotencyKey::refund("o", 2).attempt(), None);
     }
 }

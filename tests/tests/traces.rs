@@ -3,11 +3,17 @@
 //! W3C `traceparent`, yields one trace: the RPC span (child of the caller's span), the Redis
 //! lease, the attempt's PostgreSQL commits and the gateway's HTTP client spans, whose
 //! `traceparent` the simulator received. No span, event or resource attribute holds a caller's
-//! API key, the gateway's secret key, a card number or the payment method token.
+//! API key or idempotency key, the gateway's secret key, a card number or the payment method
+//! token.
+//!
+//! At exit (SIGTERM) the spans still buffered are sent (gzip-compressed when asked); a collector
+//! that never answers does not hold the exit; an `https://` collector is verified against
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`.
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use booking_sim::psp::SimConfig;
@@ -26,7 +32,16 @@ use opentelemetry_proto::tonic::{
 };
 use payments_proto::v1 as pb;
 use rand::Rng;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Identity, ServerTlsConfig},
+};
 
 /// The gateway's secret key, known to the simulator and the coordinator only.
 const GATEWAY_SECRET: &str = "sk_test_TRACESECRET_8d41c2";
@@ -36,6 +51,21 @@ const PAYMENT_METHOD: &str = "pm_card_visa";
 const RPC: &str = "payments.v1.PaymentCoordinator/ProcessPayment";
 const CREATE: &str = "POST /v1/payment_intents";
 const CONFIRM: &str = "POST /v1/payment_intents/{id}/confirm";
+/// Every span one paid payment (two-phase flow) yields.
+const PAYMENT_SPANS: [&str; 12] = [
+    RPC,
+    "ProcessPayment",
+    "lease.acquire",
+    "pg.begin_attempt",
+    "payment.attempt",
+    "gateway.create_intent",
+    CREATE,
+    "pg.record_intent",
+    "gateway.confirm_intent",
+    CONFIRM,
+    "pg.finish_attempt",
+    "lease.release",
+];
 
 /// One exported span with its resource's attributes.
 #[derive(Clone, Debug)]
@@ -44,10 +74,12 @@ struct Received {
     span: Span,
 }
 
-/// The in-process OTLP/gRPC receiver: keeps every span it is sent.
+/// What the in-process OTLP/gRPC receiver was sent.
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
+    /// The `grpc-encoding` of each export request (`identity` when uncompressed).
+    encodings: Arc<Mutex<Vec<String>>>,
 }
 
 #[tonic::async_trait]
@@ -56,7 +88,14 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.spans.lock().unwrap();
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity")
+            .to_owned();
+        lock(&self.encodings).push(encoding);
+        let mut kept = lock(&self.spans);
         for resource_spans in request.into_inner().resource_spans {
             let resource = resource_spans
                 .resource
@@ -75,29 +114,67 @@ impl TraceService for Receiver {
     }
 }
 
+/// A lock that a panic elsewhere does not turn into a second one (the first is what matters).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The receiver, serving.
+struct Serving {
+    endpoint: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops serving; a failure or panic of the serving task fails the test here.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("the OTLP receiver's task ended cleanly");
+    }
+}
+
 impl Receiver {
-    /// Serves on a free port until `stop`; returns its `http://` endpoint.
-    async fn start(&self, stop: CancellationToken) -> String {
+    /// Serves plain-text gRPC (accepting gzip) on a free port.
+    async fn start(&self) -> Serving {
+        self.serve(None).await
+    }
+
+    /// Serves on a free port, over TLS with `tls`: `http://…` or `https://…`.
+    async fn serve(&self, tls: Option<ServerTlsConfig>) -> Serving {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the OTLP receiver");
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let service = TraceServiceServer::new(self.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
-                .await
-                .expect("the OTLP receiver serves");
-        });
-        endpoint
+        let addr = listener.local_addr().expect("the receiver's address");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{addr}");
+        let service =
+            TraceServiceServer::new(self.clone()).accept_compressed(CompressionEncoding::Gzip);
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).expect("the receiver's TLS");
+        }
+        let stop = CancellationToken::new();
+        let serve = server.add_service(service).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+        let task = tokio::spawn(async move { serve.await.expect("the OTLP receiver serves") });
+        Serving {
+            endpoint,
+            stop,
+            task,
+        }
     }
 
     fn spans(&self) -> Vec<Received> {
-        self.spans.lock().unwrap().clone()
+        lock(&self.spans).clone()
+    }
+
+    fn encodings(&self) -> Vec<String> {
+        lock(&self.encodings).clone()
     }
 
     /// The spans of one trace received so far.
@@ -106,6 +183,16 @@ impl Receiver {
             .into_iter()
             .map(|r| r.span)
             .filter(|s| s.trace_id == trace_id)
+            .collect()
+    }
+
+    /// The names of `trace`'s spans that are still missing from those of a payment.
+    fn missing(&self, trace_id: &[u8]) -> Vec<&'static str> {
+        let trace = self.trace(trace_id);
+        let names: HashSet<&str> = trace.iter().map(|s| s.name.as_str()).collect();
+        PAYMENT_SPANS
+            .into_iter()
+            .filter(|w| !names.contains(w))
             .collect()
     }
 }
@@ -141,6 +228,11 @@ fn caller_context() -> (Vec<u8>, Vec<u8>, String) {
     (trace.to_vec(), span.to_vec(), header)
 }
 
+/// The caller's own idempotency key for `order_id`: the caller's, never traced.
+fn caller_key(order_id: &str) -> String {
+    format!("callerkey-{order_id}-7f3a")
+}
+
 fn pay(
     order_id: &str,
     method: &str,
@@ -159,7 +251,7 @@ fn pay(
             quantity: 1,
             unit_amount_minor: 1250,
         }],
-        idempotency_key: format!("key-{order_id}"),
+        idempotency_key: caller_key(order_id),
         wait_for_outcome: true,
     });
     request
@@ -176,8 +268,7 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
     })
     .await;
     let receiver = Receiver::default();
-    let stop = CancellationToken::new();
-    let endpoint = receiver.start(stop.clone()).await;
+    let serving = receiver.start().await;
     let replica = "r-traces";
     let process = CoordinatorProcess::spawn_with_env(
         &env,
@@ -186,7 +277,7 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
             "--gateway-api-key",
             GATEWAY_SECRET,
             "--otel-exporter-otlp-endpoint",
-            &endpoint,
+            &serving.endpoint,
         ],
         // Batches leave every 100 ms instead of every 5 s.
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
@@ -216,27 +307,11 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
     assert_eq!(reason(&refused), "INVALID_REQUEST");
 
     // Spans leave in batches: wait until the whole payment has arrived.
-    let wanted = [
-        RPC,
-        "ProcessPayment",
-        "lease.acquire",
-        "pg.begin_attempt",
-        "payment.attempt",
-        "gateway.create_intent",
-        CREATE,
-        "pg.record_intent",
-        "gateway.confirm_intent",
-        CONFIRM,
-        "pg.finish_attempt",
-        "lease.release",
-    ];
     let trace = wait_for(
         "the coordinator exports every span of the payment to the OTLP receiver",
         async || {
-            let trace = receiver.trace(&trace_id);
-            let names: HashSet<&str> = trace.iter().map(|s| s.name.as_str()).collect();
             let card_rpc = !named(&receiver.trace(&card_trace), RPC).is_empty();
-            (card_rpc && wanted.iter().all(|w| names.contains(w))).then_some(trace)
+            (card_rpc && receiver.missing(&trace_id).is_empty()).then(|| receiver.trace(&trace_id))
         },
     )
     .await;
@@ -299,6 +374,7 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
         attr(&begin.attributes, "order_id").as_deref(),
         Some(order_id)
     );
+    assert_eq!(attr(&begin.attributes, "attempt").as_deref(), Some("1"));
     let lease = named(&trace, "lease.acquire")[0];
     assert_eq!(
         attr(&lease.attributes, "order_id").as_deref(),
@@ -336,6 +412,12 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
             attr(&http.attributes, "http.response.status_code").as_deref(),
             Some("200")
         );
+        assert_eq!(attr(&http.attributes, "attempt").as_deref(), Some("1"));
+        let url = attr(&http.attributes, "url.full").unwrap_or_default();
+        assert!(
+            url.starts_with(&env.sim.base_url()),
+            "{route}: url.full {url:?}"
+        );
         let step = if route == CREATE { "create" } else { "confirm" };
         let request = sent
             .iter()
@@ -367,6 +449,8 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
         GATEWAY_SECRET.to_owned(),
         CARD.to_owned(),
         PAYMENT_METHOD.to_owned(),
+        caller_key(order_id),
+        caller_key("trace-card"),
     ];
     let received = receiver.spans();
     for r in &received {
@@ -402,6 +486,179 @@ async fn one_payment_is_one_trace_from_the_caller_to_the_gateway() {
     }
 
     drop(process);
-    stop.cancel();
+    serving.stop().await;
     env.cleanup().await;
+}
+
+/// Pays `order_id` in a trace of its own through `process`; returns the trace id.
+async fn pay_traced(process: &CoordinatorProcess, order_id: &str) -> Vec<u8> {
+    let mut client = process.client(OPERATOR).await;
+    let (trace_id, _, traceparent) = caller_context();
+    let paid = client
+        .process_payment(pay(order_id, PAYMENT_METHOD, &traceparent))
+        .await
+        .expect("the payment is answered")
+        .into_inner();
+    assert_eq!(
+        paid.order.expect("order").state,
+        pb::OrderState::Paid as i32
+    );
+    trace_id
+}
+
+/// The spans a replica still holds when it is told to stop (SIGTERM) are sent before it exits:
+/// with batches due only every hour, the payment's spans can only leave with the flush at exit.
+/// Asked for gzip, the export is compressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_sends_the_spans_still_buffered_before_the_exit() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::default();
+    let serving = receiver.start().await;
+    let mut process = CoordinatorProcess::spawn_with_env(
+        &env,
+        "r-traces-exit",
+        &["--otel-exporter-otlp-endpoint", &serving.endpoint],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    )
+    .await;
+    let trace_id = pay_traced(&process, "trace-exit").await;
+    assert!(
+        receiver.trace(&trace_id).is_empty(),
+        "no batch is due before an hour: the spans must still be buffered"
+    );
+
+    process.terminate();
+    let status = process.wait_exit().await;
+    assert!(status.success(), "a graceful shutdown exits 0: {status:?}");
+    // The exit waited for the collector's answer: everything is here, no waiting.
+    assert_eq!(
+        receiver.missing(&trace_id),
+        Vec::<&str>::new(),
+        "spans of the payment never sent"
+    );
+    let encodings = receiver.encodings();
+    assert!(
+        !encodings.is_empty() && encodings.iter().all(|e| e == "gzip"),
+        "every export is gzip-compressed: {encodings:?}"
+    );
+
+    drop(process);
+    serving.stop().await;
+    env.cleanup().await;
+}
+
+/// A collector that accepts the connection and never answers (a port bound and never served):
+/// the payment is not held up, and SIGTERM still ends the process, exit code 0, the flush given
+/// up after its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_collector_does_not_hold_the_exit() {
+    let env = TestEnv::new().await;
+    // The kernel completes the TCP handshake (backlog); nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the silent port");
+    let endpoint = format!("http://{}", silent.local_addr().expect("its address"));
+    let mut process = CoordinatorProcess::spawn_with_env(
+        &env,
+        "r-traces-silent",
+        &["--otel-exporter-otlp-endpoint", &endpoint],
+        &[],
+    )
+    .await;
+    pay_traced(&process, "trace-silent").await;
+
+    process.terminate();
+    let status = process.wait_exit().await;
+    assert!(status.success(), "a graceful shutdown exits 0: {status:?}");
+    let log = process.log_text();
+    assert!(
+        log.contains("trace export: spans may be lost at exit"),
+        "the flush at exit gives up on a silent collector, saying so:\n{log}"
+    );
+
+    drop(silent);
+    drop(process);
+    env.cleanup().await;
+}
+
+/// An `https://` collector: the coordinator verifies it against the CA of
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` and exports over TLS (the receiver speaks nothing else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_https_collector_is_verified_against_the_configured_ca() {
+    let env = TestEnv::new().await;
+    let pki = Pki::new("traces");
+    let receiver = Receiver::default();
+    let identity = Identity::from_pem(
+        std::fs::read(pki.path("server.pem")).expect("server.pem"),
+        std::fs::read(pki.path("server.key")).expect("server.key"),
+    );
+    let serving = receiver
+        .serve(Some(ServerTlsConfig::new().identity(identity)))
+        .await;
+    assert!(serving.endpoint.starts_with("https://"));
+    let ca = pki.path("ca.pem").to_string_lossy().into_owned();
+    let process = CoordinatorProcess::spawn_with_env(
+        &env,
+        "r-traces-tls",
+        &["--otel-exporter-otlp-endpoint", &serving.endpoint],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ],
+    )
+    .await;
+    let trace_id = pay_traced(&process, "trace-tls").await;
+    wait_for(
+        "the coordinator exports the payment's spans over TLS",
+        async || receiver.missing(&trace_id).is_empty().then_some(()),
+    )
+    .await;
+
+    drop(process);
+    serving.stop().await;
+    env.cleanup().await;
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1, as PEM files.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("otlp-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let pki = Pki { dir };
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "OTLP test CA");
+        let ca =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key")).expect("ca");
+        std::fs::write(pki.path("ca.pem"), ca.pem()).expect("write ca");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        params.distinguished_name.push(DnType::CommonName, "otlp");
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &ca).expect("sign server");
+        std::fs::write(pki.path("server.pem"), cert.pem()).expect("write cert");
+        std::fs::write(pki.path("server.key"), key.serialize_pem()).expect("write key");
+        pki
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
