@@ -41,12 +41,19 @@ pub struct Settings {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/payments"
+        default_value = "postgres://root@127.0.0.1:5432/payments",
+        // It may carry a password: --help never shows the environment's value.
+        hide_env_values = true
     )]
     pub database_url: String,
 
     /// Redis URL (a `/N` database number is honoured).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
 
     /// Prefix of every Redis key this coordinator writes (tests give each run its own).
