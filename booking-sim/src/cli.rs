@@ -34,6 +34,14 @@ pub enum Command {
     /// injects every gateway fault; then recovery settles and the invariant checker judges.
     /// Progress on stderr; the summary and the checker's table on stdout; exit 1 if it failed.
     Chaos(Box<ChaosArgs>),
+    /// Load benchmark: payments/s, ProcessPayment latency, the coordinator's own overhead,
+    /// PostgreSQL commits and Redis commands per payment and each replica's RSS, per gateway
+    /// flow, on the real stack (three release-built replicas, the simulator answering at once, a
+    /// fresh database, a throwaway Redis), then the ratio to the PostgreSQL ceiling. The figures
+    /// are meaningful with `cargo build --release -p coordinator -p booking-sim` and
+    /// `target/release/booking-sim load`. Progress on stderr, a table per flow on stdout; exit 1
+    /// if a payment did not end PAID or the database or ledger disagree (never on speed).
+    Load(Box<LoadArgs>),
     /// The invariant checker: after a run has settled, compares the simulator's ledger with the
     /// coordinator's database and event feed and prints a table (double charges, lost outcomes,
     /// stuck orders, feed gaps, ...). Exit code 1 if a must-be-zero row is not zero, 2 if the
@@ -153,6 +161,87 @@ pub struct ChaosArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Gateway flows to measure: both, two_phase or one_shot (replicas are restarted per flow).
+    #[arg(long, default_value = "both")]
+    pub flow: String,
+    /// Measured payments per flow (distinct fresh orders, pm_card_visa, waiting for the outcome).
+    #[arg(long, default_value_t = 3000)]
+    pub payments: usize,
+    /// Payments per flow before the measured phase (not counted).
+    #[arg(long, default_value_t = 300)]
+    pub warmup: usize,
+    /// Callers paying at once, spread round-robin over the replicas.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Coordinator replicas to start.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// Persistent HTTP/2 connections per replica, shared by its callers.
+    #[arg(long, default_value_t = 1)]
+    pub connections_per_replica: usize,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5)]
+    pub progress_secs: u64,
+    /// Skip the PostgreSQL ceiling (pgbench) and the ratio line.
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// Seconds pgbench runs per flow for the ceiling.
+    #[arg(long, default_value_t = 10)]
+    pub ceiling_secs: u64,
+    /// The PostgreSQL server the fresh databases are made on (the main job's).
+    #[arg(
+        long,
+        env = "DATABASE_URL_BASE",
+        default_value = "postgres://root@127.0.0.1:5432",
+        hide_env_values = true
+    )]
+    pub database_url_base: String,
+    /// A Redis to use instead of a throwaway redis-server of the run's own (its command counts
+    /// then include every other client's).
+    #[arg(long, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// The coordinator binary (default: next to this executable, so target/release/booking-sim
+    /// runs target/release/coordinator; then target/debug, then PATH).
+    #[arg(long, env = "COORDINATOR_BIN")]
+    pub coordinator_bin: Option<std::path::PathBuf>,
+    /// One more argument for every replica, after the run's own (repeat it).
+    #[arg(long, allow_hyphen_values = true)]
+    pub coordinator_arg: Vec<String>,
+    /// The replicas' RUST_LOG.
+    #[arg(long, default_value = "info")]
+    pub replica_log: String,
+    /// Keep the work directory (replica logs) even when the run went right.
+    #[arg(long)]
+    pub keep_work_dir: bool,
+    /// Drive running coordinators (comma-separated gRPC URLs) instead: one --flow, theirs.
+    /// Needs --gateway-url and --operator-keys; --database-url, --redis-url and --replica-pids
+    /// add the counters they feed.
+    #[arg(long, value_delimiter = ',')]
+    pub coordinators: Vec<String>,
+    /// TLS towards https:// coordinators: CA bundle and client certificate (mTLS).
+    #[command(flatten, next_help_heading = "TLS (https:// --coordinators)")]
+    pub tls: payments_client::TlsFiles,
+    /// With --coordinators: their gateway simulator (booking-sim psp), for its request log.
+    #[arg(long, env = "GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// With --coordinators: their database, for its commit count.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// With --coordinators: operators' API keys, comma-separated (env LOAD_OPERATOR_KEYS).
+    #[arg(
+        long,
+        env = "LOAD_OPERATOR_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub operator_keys: Vec<String>,
+    /// With --coordinators: their process ids, comma-separated, for their RSS.
+    #[arg(long, value_delimiter = ',')]
+    pub replica_pids: Vec<u32>,
+}
+
+#[derive(Debug, Args)]
 pub struct WatchBenchArgs {
     /// The coordinator replica's gRPC URL (one replica).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -269,6 +358,10 @@ pub struct PspArgs {
     /// Seed for the fault RNG (same seed, same requests: same faults).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How many requests `GET /_sim/requests` remembers (`booking-sim load --coordinators`
+    /// needs every measured payment's calls).
+    #[arg(long, default_value_t = booking_sim::psp::SimConfig::default().remembered_requests)]
+    pub remember_requests: usize,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -318,6 +411,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(args) => run_check(args).await,
         Command::Chaos(args) => run_chaos(*args).await,
+        Command::Load(args) => run_load(*args).await,
         Command::Demo(args) => {
             booking_sim::demo::run(booking_sim::demo::DemoArgs {
                 gateway_url: args.gateway_url,
@@ -425,12 +519,72 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the load benchmark; exits 1 if the run went wrong (never on speed), and tears down
+/// what it started on Ctrl-C or SIGTERM.
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use booking_sim::load::{self, LoadConfig, Target, services};
+
+    let target = if args.coordinators.is_empty() {
+        Target::Owned(services::OwnedConfig {
+            replicas: args.replicas.max(1),
+            database_url_base: args.database_url_base,
+            redis_url: args.redis_url,
+            coordinator_bin: args.coordinator_bin,
+            coordinator_args: args.coordinator_arg,
+            replica_log: args.replica_log,
+            operators: args.concurrency,
+            remembered_requests: load::requests_to_remember(args.warmup, args.payments),
+            keep_work_dir: args.keep_work_dir,
+        })
+    } else {
+        Target::External(services::External {
+            coordinators: args.coordinators,
+            tls: args.tls,
+            gateway_url: args
+                .gateway_url
+                .context("--coordinators needs --gateway-url (their simulator)")?,
+            database_url: args.database_url,
+            redis_url: args.redis_url,
+            pids: args.replica_pids,
+            operator_keys: args.operator_keys,
+        })
+    };
+    let config = LoadConfig {
+        flows: load::parse_flows(&args.flow)?,
+        payments: args.payments,
+        warmup: args.warmup,
+        concurrency: args.concurrency,
+        connections_per_replica: args.connections_per_replica,
+        progress_every: Duration::from_secs(args.progress_secs.max(1)),
+        ceiling: !args.no_ceiling,
+        ceiling_duration: Duration::from_secs(args.ceiling_secs.max(1)),
+        target,
+    };
+    let outcome = tokio::select! {
+        outcome = load::run(config) => outcome?,
+        () = shutdown_signal() => {
+            // Dropping the run kills the replicas and the Redis it started.
+            anyhow::bail!("interrupted: the load run was stopped and what it started torn down");
+        }
+    };
+    let _ = std::io::stdout().flush();
+    if !outcome.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 async fn run_psp(args: PspArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
     let config = SimConfig {
         api_key: args.api_key,
         without: args.without,
         seed: args.seed,
+        remembered_requests: args.remember_requests,
         ..SimConfig::default()
     };
     tracing::info!(without = %config.without, seed = config.seed, "starting the gateway simulator");

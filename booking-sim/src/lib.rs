@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod checker;
 pub mod demo;
+pub mod load;
 pub mod psp;
 pub mod race;
 pub mod sim_control;

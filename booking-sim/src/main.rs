@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let default_level = match cli.command {
         cli::Command::Demo(_) | cli::Command::Check(_) => "warn",
         // The chaos driver's progress is its own lines; the in-process simulator stays quiet.
-        cli::Command::Chaos(_) => "warn",
+        cli::Command::Chaos(_) | cli::Command::Load(_) => "warn",
         _ => "info",
     };
     // Logs go to stderr; stdout carries only the "listening on" line, for scripts.

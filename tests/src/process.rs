@@ -19,6 +19,29 @@ pub fn coordinator_binary() -> PathBuf {
     stack::coordinator::find_coordinator_binary(None).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// `booking-sim` next to the test executable (`target/debug/deps/…` → `target/debug/`), else
+/// `$CARGO_TARGET_DIR/debug/booking-sim` or the workspace's `target/debug/booking-sim`.
+/// `scripts/test.sh` builds it before the tests (`cargo build -p booking-sim --bins`).
+pub fn booking_sim_binary() -> PathBuf {
+    let beside_tests = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("booking-sim")));
+    if let Some(binary) = beside_tests.filter(|b| b.exists()) {
+        return binary;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    let binary = target.join("debug").join("booking-sim");
+    assert!(
+        binary.exists(),
+        "the booking-sim binary {} is missing: build it first with `cargo build -p booking-sim \
+         --bins`",
+        binary.display()
+    );
+    binary
+}
+
 /// One coordinator replica running as its own process.
 pub struct CoordinatorProcess {
     inner: ReplicaProcess,

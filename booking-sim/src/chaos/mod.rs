@@ -20,7 +20,7 @@ pub mod schedule;
 pub mod workload;
 
 mod faults;
-mod progress;
+pub(crate) mod progress;
 mod settle;
 mod world;
 

@@ -99,6 +99,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// How long an idempotency key is remembered (Stripe: 24 hours), by the simulator's clock.
     pub idempotency_window: Duration,
+    /// How many `/v1` requests `GET /_sim/requests` remembers (the oldest are forgotten first).
+    pub remembered_requests: usize,
 }
 
 impl Default for SimConfig {
@@ -108,6 +110,7 @@ impl Default for SimConfig {
             without: Without::default(),
             seed: 0,
             idempotency_window: Duration::from_secs(24 * 60 * 60),
+            remembered_requests: requests::REMEMBERED,
         }
     }
 }
@@ -120,6 +123,7 @@ impl fmt::Debug for SimConfig {
             .field("without", &self.without)
             .field("seed", &self.seed)
             .field("idempotency_window", &self.idempotency_window)
+            .field("remembered_requests", &self.remembered_requests)
             .finish()
     }
 }

@@ -10,7 +10,7 @@
 use std::future::pending;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -83,7 +83,7 @@ impl App {
             faults: Faults::new(config.seed),
             shutdown,
             request_seq: AtomicU64::new(0),
-            received: Received::default(),
+            received: Received::new(config.remembered_requests),
         }
     }
 }
@@ -224,7 +224,7 @@ impl RequestLog {
         }
     }
 
-    fn received(&self, status: Option<u16>) -> SimRequest {
+    fn received(&self, status: Option<u16>, spent: Duration) -> SimRequest {
         SimRequest {
             op: self.op.as_str().to_owned(),
             method: self.method.to_string(),
@@ -232,6 +232,7 @@ impl RequestLog {
             idempotency_key: self.idempotency_key.clone(),
             traceparent: self.traceparent.clone(),
             status,
+            service_us: u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
         }
     }
 
@@ -256,6 +257,7 @@ impl App {
     }
 
     async fn v1(&self, op: Op, id: Option<String>, req: Request) -> Response {
+        let arrived = Instant::now();
         // Counted on arrival, whatever becomes of the call: tests prove "exactly one gateway
         // call" with this, and wait on it to know a request has reached the gateway.
         self.books().gateway.record_call(op);
@@ -275,12 +277,13 @@ impl App {
                 let outcome = if replayed { "replayed" } else { "answered" };
                 log.emit(outcome, Some(reply.status.as_u16()));
                 self.received
-                    .remember(log.received(Some(reply.status.as_u16())));
+                    .remember(log.received(Some(reply.status.as_u16()), arrived.elapsed()));
                 self.respond(reply, replayed, retry_after_secs)
             }
             Answer::Drop => {
                 log.emit("connection dropped", None);
-                self.received.remember(log.received(None));
+                self.received
+                    .remember(log.received(None, arrived.elapsed()));
                 conn.close();
                 // The connection task drops this future together with the connection.
                 pending().await
