@@ -199,7 +199,7 @@ pub struct LoadArgs {
     pub database_url_base: String,
     /// A Redis to use instead of a throwaway redis-server of the run's own (its command counts
     /// then include every other client's).
-    #[arg(long, hide_env_values = true)]
+    #[arg(long)]
     pub redis_url: Option<String>,
     /// The coordinator binary (default: next to this executable, so target/release/booking-sim
     /// runs target/release/coordinator; then target/debug, then PATH).
