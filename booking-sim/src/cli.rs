@@ -189,6 +189,35 @@ pub struct LoadArgs {
     /// Seconds pgbench runs per flow for the ceiling.
     #[arg(long, default_value_t = 10)]
     pub ceiling_secs: u64,
+    /// The other figures, each on a fresh stack of the first flow: all, none, or some of
+    /// race,scale,inflight,abuse.
+    #[arg(long, default_value = "all")]
+    pub figures: String,
+    /// Only the --figures: no flow benchmark, no ceiling.
+    #[arg(long)]
+    pub figures_only: bool,
+    /// race: callers on one fresh order at once, and how many orders in turn.
+    #[arg(long, default_value_t = 100)]
+    pub race_callers: usize,
+    #[arg(long, default_value_t = 20)]
+    pub race_orders: usize,
+    /// scale: orders already in the tables, per measurement (the figure: 10000,1000000).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub scale_orders: Vec<usize>,
+    /// scale: measured payments (after a tenth as many warm-up) at each size.
+    #[arg(long, default_value_t = 1000)]
+    pub scale_payments: usize,
+    /// inflight: payments held in flight at once.
+    #[arg(long, default_value_t = 1000)]
+    pub inflight: usize,
+    /// abuse: valid payments without, then with, bad requests mixed in.
+    #[arg(long, default_value_t = 1000)]
+    pub abuse_payments: usize,
+    /// After the measured phase, as many payments again on a fixed schedule (open loop), this
+    /// many per second, or `half`: half the measured phase's rate. Prints their latency and
+    /// overhead from each scheduled start.
+    #[arg(long, value_parser = booking_sim::load::parse_rate)]
+    pub rate: Option<booking_sim::load::Rate>,
     /// The PostgreSQL server the fresh databases are made on (the main job's).
     #[arg(
         long,
@@ -537,7 +566,10 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             coordinator_args: args.coordinator_arg,
             replica_log: args.replica_log,
             operators: args.concurrency,
-            remembered_requests: load::requests_to_remember(args.warmup, args.payments),
+            remembered_requests: load::requests_to_remember(
+                args.warmup,
+                load::measured_payments(args.payments, args.rate),
+            ),
             keep_work_dir: args.keep_work_dir,
         })
     } else {
@@ -553,6 +585,26 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             operator_keys: args.operator_keys,
         })
     };
+    let extra = load::extra::ExtraConfig {
+        figures: load::extra::parse_figures(&args.figures)?,
+        only: args.figures_only,
+        race: load::race::RaceConfig {
+            callers: args.race_callers,
+            orders: args.race_orders,
+        },
+        scale: load::scale::ScaleConfig {
+            sizes: args.scale_orders,
+            payments: args.scale_payments,
+            warmup: args.scale_payments / 10,
+        },
+        inflight: load::inflight::InflightConfig {
+            attempts: args.inflight,
+        },
+        abuse: load::abuse::AbuseConfig {
+            payments: args.abuse_payments,
+            ..Default::default()
+        },
+    };
     let config = LoadConfig {
         flows: load::parse_flows(&args.flow)?,
         payments: args.payments,
@@ -562,7 +614,9 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         progress_every: Duration::from_secs(args.progress_secs.max(1)),
         ceiling: !args.no_ceiling,
         ceiling_duration: Duration::from_secs(args.ceiling_secs.max(1)),
+        rate: args.rate,
         target,
+        extra,
     };
     let outcome = tokio::select! {
         outcome = load::run(config) => outcome?,

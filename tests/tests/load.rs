@@ -205,3 +205,71 @@ async fn a_tiny_run_prints_every_figure_and_the_counts_add_up() {
         "--no-ceiling prints no ratio: {stdout}"
     );
 }
+
+/// `--rate half`: after the measured (closed-loop) phase, as many payments again on a fixed
+/// schedule at half its rate; their rows are printed and every payment of both phases is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_run_at_half_the_rate_prints_its_rows() {
+    let output = tokio::process::Command::new(booking_sim_binary())
+        .args([
+            "load",
+            "--flow",
+            "one_shot",
+            "--replicas",
+            "1",
+            "--payments",
+            "12",
+            "--warmup",
+            "2",
+            "--concurrency",
+            "2",
+            "--rate",
+            "half",
+            "--no-ceiling",
+            "--coordinator-bin",
+        ])
+        .arg(coordinator_binary())
+        .env_remove("DATABASE_URL")
+        .env_remove("GATEWAY_URL")
+        .env_remove("COORDINATOR_BIN")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run booking-sim load --rate half");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let closed = number(row(&stdout, "payments/s"));
+    let open = row(&stdout, "open loop");
+    assert!(open.starts_with("12 of 12 PAID at "), "{open}");
+    // The schedule's rate is half the measured one, as printed (one decimal each).
+    let scheduled = number(&open["12 of 12 PAID at ".len()..]);
+    assert!(
+        (scheduled - closed / 2.0).abs() <= 0.051,
+        "{open} vs {closed}/s"
+    );
+    let latency = row(&stdout, "open-loop latency");
+    let [p50, p99] = ["p50 ", "p99 "].map(|l| ms_after(latency, l));
+    assert!(p50 <= p99, "{latency}");
+    let overhead = row(&stdout, "open-loop overhead");
+    let (o50, o99) = (ms_after(overhead, "p50 "), ms_after(overhead, "p99 "));
+    assert!(o50 <= p50 && o99 <= p99, "{overhead} vs {latency}");
+    assert!(!overhead.contains("not in its log"), "{overhead}");
+    assert!(
+        row(&stdout, "PostgreSQL commits per payment").contains("over both phases' 24 payments"),
+        "{stdout}"
+    );
+    assert_eq!(
+        row(&stdout, "checked"),
+        "database: 26 orders, 26 PAID; ledger: 26 of 26 orders charged, at most 1 time(s) each",
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("phase: one_shot: open loop, 12 payments at "),
+        "{stderr}"
+    );
+}

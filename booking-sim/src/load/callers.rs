@@ -115,7 +115,7 @@ impl Callers {
                         break;
                     }
                     let order_id = format!("{prefix}-{i}");
-                    let outcome = pay_one(client.clone(), &order_id).await;
+                    let outcome = pay_one(client.clone(), &order_id, Instant::now()).await;
                     {
                         let mut result = lock(&result);
                         match outcome {
@@ -135,10 +135,63 @@ impl Callers {
         result.elapsed = elapsed;
         result
     }
+
+    /// Open loop: starts payment `i` of `{prefix}-0` … `{prefix}-{total - 1}` at `i / rate`
+    /// seconds from now, whether or not earlier ones have answered (none waits for a free
+    /// caller), on the callers' clients in turn. Each latency runs from the payment's scheduled
+    /// start, not from when it was sent: a stall that delays sending counts against it (no
+    /// coordinated omission).
+    pub async fn pay_at_rate(
+        &self,
+        phase: &str,
+        prefix: &str,
+        total: usize,
+        rate: f64,
+        progress_every: Duration,
+    ) -> PhaseResult {
+        let done = Arc::new(AtomicUsize::new(0));
+        let result = Arc::new(Mutex::new(PhaseResult::default()));
+        let stop_progress = CancellationToken::new();
+        let progress = tokio::spawn(report_progress(
+            phase.to_owned(),
+            total,
+            done.clone(),
+            progress_every,
+            stop_progress.clone(),
+        ));
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let scheduled = started + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(scheduled.into()).await;
+            let client = self.clients[i % self.clients.len()].clone();
+            let (done, result) = (done.clone(), result.clone());
+            let order_id = format!("{prefix}-{i}");
+            tasks.spawn(async move {
+                let outcome = pay_one(client, &order_id, scheduled).await;
+                {
+                    let mut result = lock(&result);
+                    match outcome {
+                        Ok(latency) => result.paid.push(Paid { order_id, latency }),
+                        Err(why) => result.failures.push(format!("{order_id}: {why}")),
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let elapsed = started.elapsed();
+        stop_progress.cancel();
+        let _ = progress.await;
+        let mut result = std::mem::take(&mut *lock(&result));
+        result.elapsed = elapsed;
+        result
+    }
 }
 
-/// One payment, waiting for its outcome: its latency if it ended PAID.
-async fn pay_one(mut client: Client, order_id: &str) -> Result<Duration, String> {
+/// One payment, waiting for its outcome: its latency from `from` if it ended PAID.
+async fn pay_one(mut client: Client, order_id: &str, from: Instant) -> Result<Duration, String> {
     let mut request = Request::new(pb::ProcessPaymentRequest {
         order_id: order_id.to_owned(),
         amount: Some(pb::Money {
@@ -156,9 +209,8 @@ async fn pay_one(mut client: Client, order_id: &str) -> Result<Duration, String>
         wait_for_outcome: true,
     });
     request.set_timeout(CALL_DEADLINE);
-    let called = Instant::now();
     let response = client.process_payment(request).await;
-    let latency = called.elapsed();
+    let latency = from.elapsed();
     let response = response
         .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
         .into_inner();

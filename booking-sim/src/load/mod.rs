@@ -5,7 +5,9 @@
 //! (latency less what the simulator spent on the order's calls), PostgreSQL commits and Redis
 //! commands per payment, and each replica's RSS; then [`ceiling`]: what PostgreSQL alone takes
 //! of the same SQL (pgbench, on the flow's database once its replicas stopped), and the ratio to
-//! it as the last line. Measured, never asserted: it fails only if the run itself went wrong (a
+//! it as the last line. With `--rate` ([`Rate`]), an open-loop phase follows the measured one:
+//! as many payments on a fixed schedule (e.g. half the measured rate, where the overhead budget
+//! holds), latency from each scheduled start. Measured, never asserted: it fails only if the run itself went wrong (a
 //! payment not PAID, the database or the ledger disagreeing).
 //!
 //! - [`services`]: what a run starts (per flow: a fresh database, simulator and replicas), or
@@ -14,11 +16,16 @@
 //! - [`counters`]: `pg_stat_database`, `INFO commandstats`, `/proc/PID/status`.
 //! - [`figures`]: percentiles and the overhead arithmetic; [`report`]: the table.
 
+pub mod abuse;
 pub mod callers;
 pub mod ceiling;
 pub mod counters;
+pub mod extra;
 pub mod figures;
+pub mod inflight;
+pub mod race;
 pub mod report;
+pub mod scale;
 pub mod services;
 
 use std::time::Duration;
@@ -31,7 +38,7 @@ use crate::{chaos::progress::say, sim_control::SimControl};
 use callers::Callers;
 use counters::{PG_STATS_FLUSH, PgServer, RedisStats, rss_mb};
 use figures::{Percentiles, gateway_time, overheads};
-use report::{Checked, FlowReport};
+use report::{Checked, FlowReport, OpenLoop};
 use services::{External, FlowStack, Owned, OwnedConfig, split_database_url};
 
 /// How long the replicas' connections may take to leave PostgreSQL after they exited.
@@ -41,6 +48,7 @@ const BACKENDS_GUARD: Duration = Duration::from_secs(30);
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// What to drive.
+#[derive(Clone)]
 pub enum Target {
     /// Start everything, per flow.
     Owned(OwnedConfig),
@@ -49,6 +57,7 @@ pub enum Target {
 }
 
 /// A load run.
+#[derive(Clone)]
 pub struct LoadConfig {
     pub flows: Vec<Flow>,
     pub payments: usize,
@@ -60,7 +69,43 @@ pub struct LoadConfig {
     pub ceiling: bool,
     /// How long pgbench runs per flow.
     pub ceiling_duration: Duration,
+    /// After the measured phase, `payments` more at a fixed rate (open loop).
+    pub rate: Option<Rate>,
     pub target: Target,
+    /// The other figures ([`extra`]): race, scale, in flight, bad input.
+    pub extra: extra::ExtraConfig,
+}
+
+/// The open-loop phase's rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    /// Payments per second.
+    Fixed(f64),
+    /// Half what the measured (closed-loop, as fast as the callers go) phase reached.
+    HalfMax,
+}
+
+impl Rate {
+    /// Payments per second, given the closed-loop phase's.
+    pub fn per_sec(self, max: f64) -> f64 {
+        match self {
+            Rate::Fixed(rate) => rate,
+            Rate::HalfMax => max / 2.0,
+        }
+    }
+}
+
+/// `half` or a positive number of payments per second.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    match text.trim() {
+        "half" => Ok(Rate::HalfMax),
+        number => match number.parse::<f64>() {
+            Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(Rate::Fixed(rate)),
+            _ => Err(format!(
+                "{number:?}: a rate is `half` or payments per second above 0"
+            )),
+        },
+    }
 }
 
 /// `both`, `two_phase` or `one_shot`.
@@ -74,18 +119,25 @@ pub fn parse_flows(text: &str) -> anyhow::Result<Vec<Flow>> {
 /// Every flow's report; the run went right if each is ok.
 pub struct LoadOutcome {
     pub reports: Vec<FlowReport>,
+    pub extra: Vec<extra::ExtraReport>,
 }
 
 impl LoadOutcome {
     pub fn ok(&self) -> bool {
-        self.reports.iter().all(FlowReport::ok)
+        self.reports.iter().all(FlowReport::ok) && self.extra.iter().all(extra::ExtraReport::ok)
     }
 }
 
 /// Requests the simulator must remember so that every measured payment's calls are still in its
 /// log at the end (two_phase makes two calls per payment; a margin for anything else).
+/// `payments`: of every measured phase together.
 pub fn requests_to_remember(warmup: usize, payments: usize) -> usize {
     ((warmup + payments) * 3).max(crate::psp::SimConfig::default().remembered_requests)
+}
+
+/// Payments of the measured phases together: the closed-loop one, and the open-loop one as many.
+pub fn measured_payments(payments: usize, rate: Option<Rate>) -> usize {
+    payments * if rate.is_some() { 2 } else { 1 }
 }
 
 /// Runs every flow, printing each flow's table on stdout as it ends; progress on stderr.
@@ -102,6 +154,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
     }
     let run_id = format!("{:08x}", rand::rng().random::<u32>());
     let mut reports = Vec::new();
+    let mut extra_reports = Vec::new();
     match &config.target {
         Target::Owned(owned_config) => {
             say(&format!(
@@ -123,7 +176,15 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
                 }
             ));
             let result = run_owned(&config, &owned, &run_id, &mut reports).await;
-            if result.is_err() || reports.iter().any(|r| !r.ok()) {
+            if result.is_ok()
+                && let Some(&flow) = config.flows.first()
+            {
+                extra_reports = extra::run(&config, &owned, flow, &run_id).await;
+            }
+            if result.is_err()
+                || reports.iter().any(|r| !r.ok())
+                || extra_reports.iter().any(|r| !r.ok())
+            {
                 owned.keep_work_dir();
             }
             owned.teardown().await;
@@ -161,7 +222,10 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
             ceiling::ratio_line(report.payments_per_sec(), ceiling)
         );
     }
-    Ok(LoadOutcome { reports })
+    Ok(LoadOutcome {
+        reports,
+        extra: extra_reports,
+    })
 }
 
 async fn run_owned(
@@ -170,7 +234,12 @@ async fn run_owned(
     run_id: &str,
     reports: &mut Vec<FlowReport>,
 ) -> anyhow::Result<()> {
-    for &flow in &config.flows {
+    let flows: &[Flow] = if config.extra.only {
+        &[]
+    } else {
+        &config.flows
+    };
+    for &flow in flows {
         say(&format!(
             "phase: {flow}: a fresh database, simulator and replicas"
         ));
@@ -380,6 +449,34 @@ impl Measure<'_> {
             .iter()
             .map(|(id, pid)| (id.clone(), rss_mb(*pid)))
             .collect();
+        let rate_prefix = format!("{}-r", self.prefix);
+        let open_loop = match config.rate {
+            Some(rate) => {
+                let max = figures::rate(measured.paid.len(), measured.elapsed);
+                let per_sec = rate.per_sec(max);
+                say(&format!(
+                    "phase: {flow}: open loop, {} payments at {per_sec:.1}/s (scheduled, not \
+                     waiting for answers){}",
+                    config.payments,
+                    if rate == Rate::HalfMax {
+                        format!(": half the measured {max:.1}/s")
+                    } else {
+                        String::new()
+                    }
+                ));
+                let phase = callers
+                    .pay_at_rate(
+                        "open loop",
+                        &rate_prefix,
+                        config.payments,
+                        per_sec,
+                        config.progress_every,
+                    )
+                    .await;
+                Some((per_sec, phase))
+            }
+            None => None,
+        };
         let requests = self
             .sim
             .requests()
@@ -459,6 +556,25 @@ impl Measure<'_> {
         let (mut overhead, overhead_missing) = overheads(&latencies, &gateway.by_order);
         let mut latency: Vec<Duration> = latencies.iter().map(|(_, l)| *l).collect();
         let paid = measured.paid.len();
+        let open_loop = open_loop.map(|(rate, mut phase)| {
+            let latencies: Vec<(String, Duration)> = phase
+                .paid
+                .iter()
+                .map(|p| (p.order_id.clone(), p.latency))
+                .collect();
+            let (mut overhead, overhead_missing) = overheads(&latencies, &gateway.by_order);
+            let mut latency: Vec<Duration> = latencies.iter().map(|(_, l)| *l).collect();
+            OpenLoop {
+                rate,
+                asked: config.payments,
+                paid: phase.paid.len(),
+                failures: std::mem::take(&mut phase.failures),
+                elapsed: phase.elapsed,
+                latency: Percentiles::of(&mut latency),
+                overhead: Percentiles::of(&mut overhead),
+                overhead_missing,
+            }
+        });
         Ok(FlowReport {
             flow,
             replicas: self.urls.len(),
@@ -480,7 +596,8 @@ impl Measure<'_> {
             redis_calls,
             redis_is_ours: self.redis_is_ours,
             rss,
-            expected_orders: config.warmup + config.payments,
+            expected_orders: config.warmup + measured_payments(config.payments, config.rate),
+            open_loop,
             checked,
         })
     }
@@ -498,6 +615,20 @@ mod tests {
         );
         assert_eq!(parse_flows("one_shot").unwrap(), [Flow::OneShot]);
         assert!(parse_flows("three_phase").is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("half"), Ok(Rate::HalfMax));
+        assert_eq!(parse_rate("250"), Ok(Rate::Fixed(250.0)));
+        assert_eq!(parse_rate("0.5"), Ok(Rate::Fixed(0.5)));
+        for bad in ["0", "-3", "fast", "inf", "NaN"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Rate::HalfMax.per_sec(538.0), 269.0);
+        assert_eq!(Rate::Fixed(100.0).per_sec(538.0), 100.0);
+        assert_eq!(measured_payments(3000, Some(Rate::HalfMax)), 6000);
+        assert_eq!(measured_payments(3000, None), 3000);
     }
 
     #[test]

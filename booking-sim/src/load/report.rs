@@ -21,6 +21,20 @@ pub struct Checked {
     pub most_charges: u32,
 }
 
+/// The open-loop phase: payments started on a fixed schedule, latency from each scheduled start.
+#[derive(Clone, Debug)]
+pub struct OpenLoop {
+    /// The schedule's payments per second.
+    pub rate: f64,
+    pub asked: usize,
+    pub paid: usize,
+    pub failures: Vec<String>,
+    pub elapsed: Duration,
+    pub latency: Option<Percentiles>,
+    pub overhead: Option<Percentiles>,
+    pub overhead_missing: usize,
+}
+
 /// One flow's figures.
 #[derive(Clone, Debug)]
 pub struct FlowReport {
@@ -56,6 +70,9 @@ pub struct FlowReport {
     /// Warm-up and measured payments together: what the database and ledger must show.
     pub expected_orders: usize,
     pub checked: Checked,
+    /// The open-loop phase after the measured one (`--rate`), if any. Its payments are in the
+    /// PostgreSQL commit count, not in the Redis count (read before it).
+    pub open_loop: Option<OpenLoop>,
 }
 
 fn ms(d: Duration) -> String {
@@ -69,6 +86,15 @@ fn ratio(value: Option<f64>) -> String {
 impl FlowReport {
     pub fn payments_per_sec(&self) -> f64 {
         super::figures::rate(self.paid, self.elapsed)
+    }
+
+    /// Payments and time the PostgreSQL commit count covers: the measured phase's, and the
+    /// open-loop phase's if any.
+    fn commit_window(&self) -> (usize, Duration) {
+        match &self.open_loop {
+            Some(open) => (self.paid + open.paid, self.elapsed + open.elapsed),
+            None => (self.paid, self.elapsed),
+        }
     }
 
     /// This flow's rate over its ceiling's.
@@ -92,6 +118,10 @@ impl FlowReport {
                 .checked
                 .database
                 .is_none_or(|(orders, paid)| orders == expected && paid == expected)
+            && self
+                .open_loop
+                .as_ref()
+                .is_none_or(|open| open.failures.is_empty() && open.paid == open.asked)
             && self.checked.charged_intents == self.expected_orders
             && self.checked.most_charges <= 1
     }
@@ -157,6 +187,56 @@ impl FlowReport {
                 None => "n/a (the simulator's log has none of the payments)".to_owned(),
             },
         );
+        if let Some(open) = &self.open_loop {
+            row(
+                &mut t,
+                "open loop",
+                format!(
+                    "{} of {} PAID at {:.1}/s scheduled ({:.1}/s reached){}",
+                    open.paid,
+                    open.asked,
+                    open.rate,
+                    super::figures::rate(open.paid, open.elapsed),
+                    match open.failures.first() {
+                        Some(first) => {
+                            format!("; {} failed (first: {first})", open.failures.len())
+                        }
+                        None => String::new(),
+                    }
+                ),
+            );
+            row(
+                &mut t,
+                "open-loop latency",
+                match &open.latency {
+                    Some(p) => format!(
+                        "p50 {}  p90 {}  p99 {}  max {}  (from each scheduled start)",
+                        ms(p.p50),
+                        ms(p.p90),
+                        ms(p.p99),
+                        ms(p.max)
+                    ),
+                    None => "n/a".to_owned(),
+                },
+            );
+            row(
+                &mut t,
+                "open-loop overhead",
+                match &open.overhead {
+                    Some(p) => format!(
+                        "p50 {}  p99 {}  (latency less the simulator's time{})",
+                        ms(p.p50),
+                        ms(p.p99),
+                        if open.overhead_missing > 0 {
+                            format!("; {} payments not in its log", open.overhead_missing)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    None => "n/a (the simulator's log has none of the payments)".to_owned(),
+                },
+            );
+        }
         row(
             &mut t,
             "gateway calls per payment",
@@ -174,20 +254,29 @@ impl FlowReport {
             &mut t,
             "PostgreSQL commits per payment",
             match self.pg_commits {
-                Some(commits) => format!(
-                    "{} ({commits} commits in the flow's database by pg_stat_database.xact_commit{})",
-                    ratio(per_payment(commits, self.paid)),
-                    match self.idle_commits_per_sec {
-                        Some(idle) => {
-                            let background = idle * self.elapsed.as_secs_f64();
-                            format!(
-                                "; {:.2} without the idle replicas' own {idle:.0}/s",
-                                (commits as f64 - background).max(0.0) / self.paid.max(1) as f64
-                            )
+                Some(commits) => {
+                    let (payments, elapsed) = self.commit_window();
+                    format!(
+                        "{} ({commits} commits in the flow's database by \
+                         pg_stat_database.xact_commit{}{})",
+                        ratio(per_payment(commits, payments)),
+                        if self.open_loop.is_some() {
+                            format!(" over both phases' {payments} payments")
+                        } else {
+                            String::new()
+                        },
+                        match self.idle_commits_per_sec {
+                            Some(idle) => {
+                                let background = idle * elapsed.as_secs_f64();
+                                format!(
+                                    "; {:.2} without the idle replicas' own {idle:.0}/s",
+                                    (commits as f64 - background).max(0.0) / payments.max(1) as f64
+                                )
+                            }
+                            None => String::new(),
                         }
-                        None => String::new(),
-                    }
-                ),
+                    )
+                }
                 None => "n/a (no database given)".to_owned(),
             },
         );
@@ -334,6 +423,7 @@ mod tests {
                 charged_intents: 12,
                 most_charges: 1,
             },
+            open_loop: None,
         }
     }
 
@@ -361,6 +451,58 @@ mod tests {
             );
         }
         assert!(!table.contains("MISMATCH"));
+    }
+
+    #[test]
+    fn the_open_loop_phase_has_its_rows_and_shares_the_commit_count() {
+        let ms = Duration::from_millis;
+        let mut report = report();
+        report.open_loop = Some(OpenLoop {
+            rate: 10.0,
+            asked: 10,
+            paid: 10,
+            failures: vec![],
+            elapsed: ms(1000),
+            latency: Some(Percentiles {
+                n: 10,
+                p50: ms(4),
+                p90: ms(6),
+                p99: ms(7),
+                max: ms(7),
+            }),
+            overhead: Some(Percentiles {
+                n: 10,
+                p50: ms(1),
+                p90: ms(2),
+                p99: ms(3),
+                max: ms(3),
+            }),
+            overhead_missing: 0,
+        });
+        report.expected_orders = 22;
+        report.checked.database = Some((22, 22));
+        report.checked.charged_intents = 22;
+        assert!(report.ok());
+        let table = report.table();
+        for expected in [
+            "open loop                        10 of 10 PAID at 10.0/s scheduled (10.0/s reached)",
+            "p50 4.00 ms  p90 6.00 ms  p99 7.00 ms  max 7.00 ms  (from each scheduled start)",
+            "open-loop overhead               p50 1.00 ms  p99 3.00 ms",
+            // 35 commits over 20 payments in 1.5 s, 15 of them the idle replicas'.
+            "1.75 (35 commits in the flow's database by pg_stat_database.xact_commit over both \
+             phases' 20 payments; 1.00 without the idle replicas' own 10/s)",
+        ] {
+            assert!(
+                table.contains(expected),
+                "{expected:?} missing from:\n{table}"
+            );
+        }
+        let mut short = report.clone();
+        if let Some(open) = short.open_loop.as_mut() {
+            open.paid = 9;
+            open.failures = vec!["o-r-3: ended FAILED".to_owned()];
+        }
+        assert!(!short.ok());
     }
 
     #[test]
