@@ -196,13 +196,14 @@ pub struct LoadArgs {
     /// Only the --figures: no flow benchmark, no ceiling.
     #[arg(long)]
     pub figures_only: bool,
-    /// race: callers on one fresh order at once, and how many orders in turn.
+    /// race: callers on one fresh order at once.
     #[arg(long, default_value_t = 100)]
     pub race_callers: usize,
+    /// race: orders raced in turn (for stable percentiles).
     #[arg(long, default_value_t = 20)]
     pub race_orders: usize,
-    /// scale: orders already in the tables, per measurement (the figure: 10000,1000000).
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    /// scale: orders already in the tables, per measurement (1M takes about 75 s to generate).
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     pub scale_orders: Vec<usize>,
     /// scale: measured payments (after a tenth as many warm-up) at each size.
     #[arg(long, default_value_t = 1000)]

@@ -172,6 +172,8 @@ async fn a_tiny_run_prints_every_figure_and_the_counts_add_up() {
             "--progress-secs",
             "1",
             "--no-ceiling",
+            "--figures",
+            "none",
             "--coordinator-bin",
         ])
         .arg(coordinator_binary())
@@ -226,6 +228,8 @@ async fn an_open_loop_run_at_half_the_rate_prints_its_rows() {
             "--rate",
             "half",
             "--no-ceiling",
+            "--figures",
+            "none",
             "--coordinator-bin",
         ])
         .arg(coordinator_binary())

@@ -1,5 +1,5 @@
 //! The scale figure: the cost of a payment with N orders already in the tables, for each N (by
-//! default 10k and 100k; `--scale-orders 10000,1000000` for the 1M). Per N, a fresh
+//! default 10k and 1M, about 75 s to generate here; `--scale-orders` to choose). Per N, a fresh
 //! database is filled with N paid orders by set-based SQL (`INSERT … SELECT generate_series`),
 //! each with the rows a real payment leaves: the order PAID, one attempt SUCCEEDED, its events
 //! stamped with feed positions. The values and the events come from [`ceiling`]'s statements,
@@ -40,7 +40,7 @@ pub struct ScaleConfig {
 impl Default for ScaleConfig {
     fn default() -> Self {
         Self {
-            sizes: vec![10_000, 100_000],
+            sizes: vec![10_000, 1_000_000],
             payments: 1000,
             warmup: 100,
         }
@@ -253,11 +253,21 @@ struct Sized {
 
 impl Sized {
     fn commits_per_payment(&self) -> Option<f64> {
-        let commits = self.report.pg_commits?;
-        let background =
-            self.report.idle_commits_per_sec.unwrap_or(0.0) * self.report.elapsed.as_secs_f64();
-        Some((commits as f64 - background).max(0.0) / self.report.paid.max(1) as f64)
+        let r = &self.report;
+        Some(payments_commits(
+            r.pg_commits?,
+            r.idle_commits_per_sec.unwrap_or(0.0),
+            r.elapsed,
+            r.paid,
+        ))
     }
+}
+
+/// Commits per payment less the idle replicas' own (`idle_per_sec` over `elapsed`), as the flow
+/// table computes it.
+pub fn payments_commits(commits: u64, idle_per_sec: f64, elapsed: Duration, paid: usize) -> f64 {
+    let background = idle_per_sec * elapsed.as_secs_f64();
+    (commits as f64 - background).max(0.0) / paid.max(1) as f64
 }
 
 /// Populates and measures one size on `stack` (its replicas stopped at the end).
@@ -409,6 +419,16 @@ pub async fn run(
 mod tests {
     use super::*;
     use gateway_client::Flow;
+
+    #[test]
+    fn commits_per_payment_leave_the_idle_replicas_out() {
+        assert_eq!(
+            payments_commits(600, 20.0, Duration::from_secs(5), 100),
+            5.0
+        );
+        assert_eq!(payments_commits(50, 20.0, Duration::from_secs(5), 100), 0.0);
+        assert_eq!(payments_commits(7, 0.0, Duration::ZERO, 0), 7.0);
+    }
 
     #[test]
     fn a_payment_writes_three_events_taken_from_the_ceilings_statements() {
