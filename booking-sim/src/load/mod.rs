@@ -15,6 +15,8 @@
 //! - [`callers`]: the callers, over persistent connections.
 //! - [`counters`]: `pg_stat_database`, `INFO commandstats`, `/proc/PID/status`.
 //! - [`figures`]: percentiles and the overhead arithmetic; [`report`]: the table.
+//! - [`extra`]: the other figures ([`race`], [`scale`], [`inflight`], [`abuse`]), each on a
+//!   fresh stack of the first flow, after the flows' tables and before the ratio line.
 
 pub mod abuse;
 pub mod callers;
@@ -198,6 +200,12 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
                      --flow one_shot"
                 );
             };
+            if !config.extra.figures.is_empty() {
+                say(
+                    "note: no race, scale, inflight or abuse figures with --coordinators: each \
+                     needs a fresh stack of the run's own",
+                );
+            }
             if config.ceiling {
                 say(
                     "note: no PostgreSQL ceiling with --coordinators: pgbench writes its orders \
