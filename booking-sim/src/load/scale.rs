@@ -299,6 +299,8 @@ async fn measure_size(
     measure_config.payments = config.extra.scale.payments.max(1);
     measure_config.warmup = config.extra.scale.warmup;
     measure_config.ceiling = false;
+    // The figure is the closed-loop cost; no open-loop phase on top.
+    measure_config.rate = None;
     let urls = stack.urls();
     let db_name = stack.db_name.clone();
     let measure = Measure {
