@@ -42,6 +42,32 @@ pub fn booking_sim_binary() -> PathBuf {
     binary
 }
 
+/// Runs the real `booking-sim load` with `args` (the real coordinator binary, nothing inherited
+/// from the caller's environment that would point it elsewhere) and returns its stdout and stderr
+/// once it has exited 0; any other exit fails the test with both streams.
+pub async fn run_load(args: &[&str]) -> (String, String) {
+    let output = tokio::process::Command::new(booking_sim_binary())
+        .arg("load")
+        .args(args)
+        .arg("--coordinator-bin")
+        .arg(coordinator_binary())
+        .env_remove("DATABASE_URL")
+        .env_remove("GATEWAY_URL")
+        .env_remove("COORDINATOR_BIN")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run booking-sim load");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// One coordinator replica running as its own process.
 pub struct CoordinatorProcess {
     inner: ReplicaProcess,

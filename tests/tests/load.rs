@@ -6,7 +6,7 @@
 
 use booking_sim::load::ceiling::commits_per_payment;
 use gateway_client::Flow;
-use integration_tests::process::{booking_sim_binary, coordinator_binary};
+use integration_tests::process::run_load;
 
 const PAYMENTS: usize = 30;
 const WARMUP: usize = 5;
@@ -156,41 +156,24 @@ fn check_flow(stdout: &str, flow: Flow) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_run_prints_every_figure_and_the_counts_add_up() {
-    let output = tokio::process::Command::new(booking_sim_binary())
-        .args([
-            "load",
-            "--flow",
-            "both",
-            "--replicas",
-            &REPLICAS.to_string(),
-            "--payments",
-            &PAYMENTS.to_string(),
-            "--warmup",
-            &WARMUP.to_string(),
-            "--concurrency",
-            "4",
-            "--progress-secs",
-            "1",
-            "--no-ceiling",
-            "--figures",
-            "none",
-            "--coordinator-bin",
-        ])
-        .arg(coordinator_binary())
-        .env_remove("DATABASE_URL")
-        .env_remove("GATEWAY_URL")
-        .env_remove("COORDINATOR_BIN")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run booking-sim load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, stderr) = run_load(&[
+        "--flow",
+        "both",
+        "--replicas",
+        &REPLICAS.to_string(),
+        "--payments",
+        &PAYMENTS.to_string(),
+        "--warmup",
+        &WARMUP.to_string(),
+        "--concurrency",
+        "4",
+        "--progress-secs",
+        "1",
+        "--no-ceiling",
+        "--figures",
+        "none",
+    ])
+    .await;
     for flow in [Flow::TwoPhase, Flow::OneShot] {
         check_flow(&stdout, flow);
         for phase in ["warm-up", "measured"] {
@@ -212,41 +195,24 @@ async fn a_tiny_run_prints_every_figure_and_the_counts_add_up() {
 /// schedule at half its rate; their rows are printed and every payment of both phases is checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_loop_run_at_half_the_rate_prints_its_rows() {
-    let output = tokio::process::Command::new(booking_sim_binary())
-        .args([
-            "load",
-            "--flow",
-            "one_shot",
-            "--replicas",
-            "1",
-            "--payments",
-            "12",
-            "--warmup",
-            "2",
-            "--concurrency",
-            "2",
-            "--rate",
-            "half",
-            "--no-ceiling",
-            "--figures",
-            "none",
-            "--coordinator-bin",
-        ])
-        .arg(coordinator_binary())
-        .env_remove("DATABASE_URL")
-        .env_remove("GATEWAY_URL")
-        .env_remove("COORDINATOR_BIN")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run booking-sim load --rate half");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, stderr) = run_load(&[
+        "--flow",
+        "one_shot",
+        "--replicas",
+        "1",
+        "--payments",
+        "12",
+        "--warmup",
+        "2",
+        "--concurrency",
+        "2",
+        "--rate",
+        "half",
+        "--no-ceiling",
+        "--figures",
+        "none",
+    ])
+    .await;
     let closed = number(row(&stdout, "payments/s"));
     let open = row(&stdout, "open loop");
     assert!(open.starts_with("12 of 12 PAID at "), "{open}");

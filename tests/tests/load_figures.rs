@@ -4,7 +4,7 @@
 //! payment's; every payment held in flight, then PAID; every bad request refused with its code),
 //! and that the run exits 0. Never a speed threshold.
 
-use integration_tests::process::{booking_sim_binary, coordinator_binary};
+use integration_tests::process::run_load;
 
 /// The section of `stdout` starting with `title` (up to the next unindented line).
 fn section<'a>(stdout: &'a str, title: &str) -> &'a str {
@@ -39,49 +39,32 @@ fn checks(section: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_run_of_each_figure_prints_its_rows_and_its_checks_hold() {
-    let output = tokio::process::Command::new(booking_sim_binary())
-        .args([
-            "load",
-            "--figures-only",
-            "--figures",
-            "race,scale,inflight,abuse",
-            "--flow",
-            "two_phase",
-            "--replicas",
-            "2",
-            "--concurrency",
-            "4",
-            "--race-callers",
-            "10",
-            "--race-orders",
-            "2",
-            "--scale-orders",
-            "200,2000",
-            "--scale-payments",
-            "20",
-            "--inflight",
-            "20",
-            "--abuse-payments",
-            "20",
-            "--progress-secs",
-            "1",
-            "--coordinator-bin",
-        ])
-        .arg(coordinator_binary())
-        .env_remove("DATABASE_URL")
-        .env_remove("GATEWAY_URL")
-        .env_remove("COORDINATOR_BIN")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run booking-sim load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _stderr) = run_load(&[
+        "--figures-only",
+        "--figures",
+        "race,scale,inflight,abuse",
+        "--flow",
+        "two_phase",
+        "--replicas",
+        "2",
+        "--concurrency",
+        "4",
+        "--race-callers",
+        "10",
+        "--race-orders",
+        "2",
+        "--scale-orders",
+        "200,2000",
+        "--scale-payments",
+        "20",
+        "--inflight",
+        "20",
+        "--abuse-payments",
+        "20",
+        "--progress-secs",
+        "1",
+    ])
+    .await;
     assert!(!stdout.contains("MISMATCH"), "{stdout}");
     assert!(
         !stdout.contains("flow two_phase:"),
