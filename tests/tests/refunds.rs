@@ -5,6 +5,8 @@
 
 use integration_tests::checks::{reason, wait_for};
 use integration_tests::coordinator::{Client, OPERATOR, REVIEWER, SERVICE, TestEnv};
+use integration_tests::pg::ThrowawayPg;
+use integration_tests::process::CoordinatorProcess;
 use payments_proto::v1 as pb;
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -546,4 +548,188 @@ async fn concurrent_refunds_never_refund_more_than_was_paid() {
     r0.stop().await;
     r1.stop().await;
     env.cleanup().await;
+}
+
+/// The `refunds` row of an order's refund `number`: (outcome, gateway key, replica).
+async fn refund_row(
+    env: &TestEnv,
+    order_id: &str,
+    number: i32,
+) -> Option<(String, String, String)> {
+    env.sql()
+        .await
+        .query_opt(
+            "SELECT outcome, gateway_refund_key, replica_id FROM refunds \
+             WHERE order_id = $1 AND number = $2",
+            &[&order_id, &number],
+        )
+        .await
+        .expect("refunds row")
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_is_committed_in_flight_before_the_gateway_call_and_survives_a_kill_9() {
+    let env = TestEnv::new().await;
+    // Both replicas agree on the lease (a refund is stale once its heartbeat is older than it);
+    // r1, the real binary, would wait for the gateway far longer than the test runs, so its
+    // refund call is held until r1 dies.
+    let fast = ["--lease-ttl-ms", "600", "--recovery-sweep-ms", "100"];
+    let mut r1 = CoordinatorProcess::spawn(
+        &env,
+        "r1",
+        &[fast.as_slice(), &["--gateway-timeout-ms", "600000"]].concat(),
+    )
+    .await;
+    let mut operator = r1.client(OPERATOR).await;
+    paid(&mut operator, "ref-intent").await;
+
+    // The gateway takes the refund call and never answers it (nothing is refunded).
+    env.sim_control
+        .set_faults(json!({ "next": ["hang"], "operations": ["refund"] }))
+        .await
+        .expect("faults");
+    let mut reviewer = r1.client(REVIEWER).await;
+    let refunding = tokio::spawn(async move {
+        reviewer
+            .refund_payment(refund("ref-intent", None, "i-1"))
+            .await
+    });
+    wait_for("the refund call is held at the gateway", async || {
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        (ledger.calls.refund == 1 && ledger.idempotency.in_flight == 1).then_some(())
+    })
+    .await;
+    // While the gateway holds the call, the intent is already committed: IN_FLIGHT, with the
+    // deterministic key the call carries. (A refund written only after the gateway answered
+    // would have no row here.)
+    assert_eq!(
+        refund_row(&env, "ref-intent", 1).await,
+        Some((
+            "IN_FLIGHT".to_owned(),
+            "refund:ref-intent:1".to_owned(),
+            "r1".to_owned()
+        ))
+    );
+    assert_eq!(ledger_refunds(&env, "ref-intent").await, (0, 0));
+
+    // r1 dies mid-call; the simulator sees its client go and frees the key (still nothing
+    // refunded).
+    r1.kill_9();
+    assert!(
+        refunding.await.expect("task").is_err(),
+        "r1 died before answering"
+    );
+    wait_for("the simulator lets go of the held key", async || {
+        let ledger = env.sim_control.ledger().await.expect("ledger");
+        (ledger.idempotency.in_flight == 0).then_some(())
+    })
+    .await;
+    assert_eq!(ledger_refunds(&env, "ref-intent").await, (0, 0));
+
+    // Another replica's recovery worker finds the committed intent and settles it with the
+    // same key: exactly one refund at the gateway.
+    let r0 = env.replica("r0", &fast).await;
+    let mut reviewer = r0.client(REVIEWER).await;
+    let order = wait_for("r0's recovery worker settles the refund", async || {
+        let o = reviewer
+            .get_order(pb::GetOrderRequest {
+                order_id: "ref-intent".into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        (o.state() == pb::OrderState::Refunded).then_some(o)
+    })
+    .await;
+    let settled = &order.refunds[0];
+    assert_eq!(settled.outcome(), pb::RefundOutcome::Succeeded);
+    assert_eq!(settled.gateway_idempotency_key, "refund:ref-intent:1");
+    assert!(
+        settled
+            .errors
+            .iter()
+            .any(|e| e.message.contains("recovery worker of r0")),
+        "{:?}",
+        settled.errors
+    );
+    assert_eq!(ledger_refunds(&env, "ref-intent").await, (1, PAID as u64));
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(ledger.calls.refund, 2, "the held call and r0's one replay");
+    let keys: Vec<_> = env
+        .sim_control
+        .requests()
+        .await
+        .expect("requests")
+        .into_iter()
+        .filter(|r| r.op == "refund")
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.as_deref() == Some("refund:ref-intent:1")),
+        "{keys:?}"
+    );
+    r0.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_while_postgres_is_down_is_refused_before_the_gateway() {
+    let pg = tokio::task::spawn_blocking(ThrowawayPg::start)
+        .await
+        .expect("start PostgreSQL");
+    let env = TestEnv::with(booking_sim::psp::SimConfig::default(), pg.url_base()).await;
+    let replica = env.replica("r0", &[]).await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    paid(&mut operator, "ref-nodb").await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .expect("stop PostgreSQL");
+    // Without the store the intent cannot be committed, so the gateway must not be called.
+    let refused = reviewer
+        .refund_payment(refund("ref-nodb", None, "nodb-1"))
+        .await
+        .expect_err("no store, no refund");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Unavailable, "STORE_UNAVAILABLE")
+    );
+    let ledger = env.sim_control.ledger().await.expect("ledger");
+    assert_eq!(ledger.calls.refund, 0, "nothing reached the gateway");
+
+    // Safe to retry: once PostgreSQL is back the same request refunds, once.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .expect("start PostgreSQL again");
+    let order = wait_for("the retried refund is served", async || {
+        match reviewer
+            .refund_payment(refund("ref-nodb", None, "nodb-1"))
+            .await
+        {
+            Ok(order) => Some(order.into_inner()),
+            Err(status) => {
+                assert_eq!(reason(&status), "STORE_UNAVAILABLE", "{status:?}");
+                None
+            }
+        }
+    })
+    .await;
+    assert_eq!(order.state(), pb::OrderState::Refunded);
+    assert_eq!(ledger_refunds(&env, "ref-nodb").await, (1, PAID as u64));
+    assert_eq!(
+        env.sim_control.ledger().await.expect("ledger").calls.refund,
+        1
+    );
+    replica.stop().await;
+    env.cleanup().await;
+    drop(pg);
 }
