@@ -563,3 +563,233 @@ async fn two_reviewers_resolving_at_once_record_one_decision() {
     replica.stop().await;
     env.cleanup().await;
 }
+
+/// The order as it stands.
+async fn order_of(client: &mut Client, order_id: &str) -> pb::Order {
+    client
+        .get_order(pb::GetOrderRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+/// How many MANUAL_REVIEW_RESOLVED events the order has.
+async fn resolutions(env: &TestEnv, order_id: &str) -> i64 {
+    env.sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE order_id = $1 AND kind = 'MANUAL_REVIEW_RESOLVED'",
+            &[&order_id],
+        )
+        .await
+        .expect("count")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn charged_with_another_orders_payment_or_the_wrong_amount_is_contradicted() {
+    let (env, replica) = env_and_replica().await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    into_review(&env, &mut operator, "rev-mine", "drop_after_charge").await;
+    // Two real, succeeded payments a careless reviewer could pick up from the dashboard: one of
+    // another order for the same amount, one for another amount.
+    operator
+        .process_payment(pay("rev-theirs", "k-theirs"))
+        .await
+        .expect("paid");
+    operator
+        .process_payment(pb::ProcessPaymentRequest {
+            amount: Some(pb::Money {
+                amount_minor: 999,
+                currency: "EUR".to_owned(),
+            }),
+            items: vec![],
+            ..pay("rev-cheap", "k-cheap")
+        })
+        .await
+        .expect("paid");
+    let theirs = charged_intent(&env, "rev-theirs").await;
+    let cheap = charged_intent(&env, "rev-cheap").await;
+
+    let other_order = reviewer
+        .resolve_manual_review(resolve("rev-mine", pb::Resolution::Charged, &theirs))
+        .await
+        .expect_err("another order's payment");
+    assert_eq!(
+        (other_order.code(), reason(&other_order).as_str()),
+        (Code::FailedPrecondition, "RESOLUTION_CONTRADICTED")
+    );
+    assert!(
+        other_order
+            .message()
+            .contains("belongs to order rev-theirs"),
+        "{}",
+        other_order.message()
+    );
+    let wrong_amount = reviewer
+        .resolve_manual_review(resolve("rev-mine", pb::Resolution::Charged, &cheap))
+        .await
+        .expect_err("the wrong amount");
+    assert_eq!(
+        (wrong_amount.code(), reason(&wrong_amount).as_str()),
+        (Code::FailedPrecondition, "RESOLUTION_CONTRADICTED")
+    );
+    assert!(
+        wrong_amount.message().contains("999") && wrong_amount.message().contains("4200"),
+        "{}",
+        wrong_amount.message()
+    );
+
+    // Nothing was recorded: the order is still in review and still listed, the other orders
+    // keep their own charges.
+    assert_eq!(
+        order_of(&mut operator, "rev-mine").await.state(),
+        pb::OrderState::ManualReview
+    );
+    assert_eq!(resolutions(&env, "rev-mine").await, 0);
+    let (items, _) = list_all(&mut reviewer, 10).await;
+    let listed: Vec<_> = items
+        .iter()
+        .map(|i| i.order.as_ref().expect("order").order_id.as_str())
+        .collect();
+    assert_eq!(listed, ["rev-mine"]);
+    for (order_id, pi) in [("rev-theirs", &theirs), ("rev-cheap", &cheap)] {
+        let order = order_of(&mut operator, order_id).await;
+        assert_eq!(order.state(), pb::OrderState::Paid);
+        assert_eq!(&order.attempts[0].gateway_payment_id, pi);
+    }
+
+    // Its own payment is accepted: the refusals above were about the ids, nothing else.
+    let mine = charged_intent(&env, "rev-mine").await;
+    let paid = reviewer
+        .resolve_manual_review(resolve("rev-mine", pb::Resolution::Charged, &mine))
+        .await
+        .expect("resolved")
+        .into_inner();
+    assert_eq!(paid.state(), pb::OrderState::Paid);
+    assert_eq!(paid.attempts[0].gateway_payment_id, mine);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_review_item_carries_the_intent_id_it_knows_and_the_gateway_keys() {
+    // two_phase: the intent id is recorded before the confirm whose answer is lost.
+    let env = TestEnv::with_sim(SimConfig {
+        without: Without {
+            idempotency: true,
+            ..Without::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let replica = env
+        .replica(
+            "r0",
+            &[
+                "--gateway-capabilities",
+                "lookup",
+                "--recovery-max-runs",
+                "1",
+                "--recovery-actions-per-run",
+                "1",
+            ],
+        )
+        .await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    let order = confirm_into_review(&env, &mut operator, "rev-ids", "drop_after_charge").await;
+    let intent = order.attempts[0].gateway_payment_id.clone();
+    assert!(intent.starts_with("pi_"), "{order:?}");
+    // The id is the gateway's charge of this order (what the reviewer will look up).
+    assert_eq!(charged_intent(&env, "rev-ids").await, intent);
+
+    let (items, _) = list_all(&mut reviewer, 10).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(item.gateway_payment_ids, [intent.clone()]);
+    for key in ["pay:rev-ids:1:create", "pay:rev-ids:1:confirm"] {
+        assert!(
+            item.gateway_idempotency_keys.contains(&key.to_owned()),
+            "{key} missing: {:?}",
+            item.gateway_idempotency_keys
+        );
+    }
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_reviewers_and_admins_handle_reviews_and_refunds() {
+    let (env, replica) = env_and_replica().await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut service = replica.client(SERVICE).await;
+    into_review(&env, &mut operator, "rev-roles", "error_500_before").await;
+    operator
+        .process_payment(pay("rev-paid", "k-paid"))
+        .await
+        .expect("paid");
+    let forbidden = |status: tonic::Status| (status.code(), reason(&status));
+    let denied = (Code::PermissionDenied, "FORBIDDEN".to_owned());
+
+    // CONTRACT §4: ResolveManualReview is for reviewers (and admins), not operators or services.
+    for (who, client) in [(OPERATOR, &mut operator), (SERVICE, &mut service)] {
+        let refused = client
+            .resolve_manual_review(resolve("rev-roles", pb::Resolution::NotCharged, ""))
+            .await
+            .expect_err("may not resolve");
+        assert_eq!(forbidden(refused), denied, "{who} resolving");
+    }
+    // Services are read-only consumers of orders and events: no review queue.
+    let listed = service
+        .list_manual_reviews(pb::ListManualReviewsRequest::default())
+        .await
+        .expect_err("may not list");
+    assert_eq!(forbidden(listed), denied, "service listing");
+    // Operators pay; refunds are for reviewers.
+    let refunded = operator
+        .refund_payment(pb::RefundPaymentRequest {
+            order_id: "rev-paid".into(),
+            amount: None,
+            reason: "customer asked".into(),
+            idempotency_key: "op-refund".into(),
+        })
+        .await
+        .expect_err("may not refund");
+    assert_eq!(forbidden(refunded), denied, "operator refunding");
+
+    // None of that left a trace: still in review, unresolved; still paid, nothing refunded.
+    assert_eq!(
+        order_of(&mut service, "rev-roles").await.state(),
+        pb::OrderState::ManualReview
+    );
+    assert_eq!(resolutions(&env, "rev-roles").await, 0);
+    let paid = order_of(&mut service, "rev-paid").await;
+    assert_eq!(
+        (paid.state(), paid.refunds.len()),
+        (pb::OrderState::Paid, 0)
+    );
+    assert_eq!(
+        env.sim_control.ledger().await.expect("ledger").calls.refund,
+        0
+    );
+
+    // The roles that may: a reviewer lists, an admin resolves.
+    let mut reviewer = replica.client(REVIEWER).await;
+    let (items, _) = list_all(&mut reviewer, 10).await;
+    assert_eq!(items.len(), 1);
+    let mut admin = replica.client(integration_tests::coordinator::ADMIN).await;
+    let (items, _) = list_all(&mut admin, 10).await;
+    assert_eq!(items.len(), 1);
+    let resolved = admin
+        .resolve_manual_review(resolve("rev-roles", pb::Resolution::NotCharged, ""))
+        .await
+        .expect("an admin may resolve")
+        .into_inner();
+    assert_eq!(resolved.state(), pb::OrderState::Pending);
+    replica.stop().await;
+    env.cleanup().await;
+}
