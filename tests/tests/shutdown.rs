@@ -10,8 +10,11 @@
 //!
 //! Every wait is for a state (`checks::wait_for`); no assertion is about time.
 
+use booking_sim::psp::SimConfig;
+use coordinator::{journal::Journal, store::Finish};
 use integration_tests::checks::{GUARD, charges, charges_by_order, reason, steps, wait_for};
 use integration_tests::coordinator::{Client, OPERATOR, REVIEWER, SERVICE, TestEnv};
+use integration_tests::pg::ThrowawayPg;
 use integration_tests::process::CoordinatorProcess;
 use payments_proto::v1 as pb;
 use serde_json::json;
@@ -544,4 +547,120 @@ async fn watch_streams_open_at_sigterm_end_cleanly() {
     let exit = r1.wait_exit().await;
     assert!(exit.success(), "exit status {exit}:\n{}", r1.log_text());
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_keeps_a_journaled_outcome_and_the_restart_drains_it() {
+    let pg = tokio::task::spawn_blocking(ThrowawayPg::start)
+        .await
+        .expect("start PostgreSQL");
+    let env = TestEnv::with(SimConfig::default(), pg.url_base()).await;
+    // The gateway's slowness must not turn into an unknown outcome: r1 waits for the answer.
+    let mut r1 = CoordinatorProcess::spawn(
+        &env,
+        "r1",
+        &[
+            "--gateway-flow",
+            "one_shot",
+            "--gateway-timeout-ms",
+            "600000",
+        ],
+    )
+    .await;
+    let mut c1 = r1.client(OPERATOR).await;
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 5000, "operations": ["create"] }))
+        .await
+        .expect("slow the gateway");
+    c1.process_payment(pay("sd-journal", "k-j", VISA, false))
+        .await
+        .expect("the attempt is committed");
+    gateway_reached(&env, "create", 1).await;
+    // r1 is frozen while PostgreSQL goes away, so the answer it reads next finds no database
+    // however long stopping PostgreSQL takes.
+    r1.pause();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .expect("stop PostgreSQL");
+    r1.resume();
+    wait_for("the gateway charges sd-journal", async || {
+        (charges(&env, "sd-journal").await == 1).then_some(())
+    })
+    .await;
+    wait_for("r1 journals the outcome", async || {
+        r1.log_text()
+            .contains("PostgreSQL cannot take the outcome: journaled locally")
+            .then_some(())
+    })
+    .await;
+
+    r1.terminate();
+    let exit = r1.wait_exit().await;
+    let log = r1.log_text();
+    assert!(exit.success(), "exit status {exit}:\n{log}");
+    assert!(log.contains("journal closed (1 pending)"), "{log}");
+    // r1 is gone, so its journal file is free: the outcome is on disk, waiting.
+    let dir = env.journal_dir("r1");
+    let pending = tokio::task::spawn_blocking(move || {
+        let journal = Journal::open(&dir).expect("open r1's journal");
+        let pending = journal.pending().expect("pending");
+        journal.close().expect("close");
+        pending
+    })
+    .await
+    .expect("join");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let entry = pending[0].as_ref().expect("the journaled record decodes");
+    assert_eq!(
+        (entry.fence.order_id.as_str(), entry.fence.attempt),
+        ("sd-journal", 1)
+    );
+    assert!(
+        matches!(entry.finish, Finish::Succeeded { .. }),
+        "{entry:?}"
+    );
+
+    // PostgreSQL is back and r1 starts again with the same JOURNAL_DIR: the drainer writes the
+    // outcome (no recovery worker had to find it), once.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .expect("start PostgreSQL again");
+    env.sim_control.clear_faults().await.expect("clear faults");
+    r1.restart().await;
+    let mut c1 = r1.client(OPERATOR).await;
+    let order = wait_for("the journaled outcome is written", async || {
+        let o = get_order(&mut c1, "sd-journal").await.expect("order");
+        (o.state() != pb::OrderState::AwaitingConfirmation).then_some(o)
+    })
+    .await;
+    let history = steps(&order.attempts[0]);
+    assert_eq!(order.state(), pb::OrderState::Paid, "{history:?}");
+    assert_eq!(order.attempts.len(), 1, "{order:?}");
+    assert_eq!(order.attempts[0].outcome(), pb::AttemptOutcome::Succeeded);
+    assert!(
+        !history.iter().any(|s| s.starts_with("recovery")),
+        "drained, not recovered: {history:?}"
+    );
+    assert_eq!(charges(&env, "sd-journal").await, 1, "charged once");
+    assert_eq!(
+        env.sim_control.ledger().await.expect("ledger").calls.create,
+        1
+    );
+
+    r1.terminate();
+    let exit = r1.wait_exit().await;
+    let log = r1.log_text();
+    assert!(exit.success(), "exit status {exit}:\n{log}");
+    assert!(
+        log.contains("journal closed (0 pending)"),
+        "the restart drained it:\n{log}"
+    );
+    env.cleanup().await;
+    drop(pg);
 }
