@@ -7,17 +7,27 @@
 //! one, and publishes each event, in order, on the broadcast channel every watcher of this replica
 //! subscribes to. A lost connection is re-established (with backoff) and, LISTEN being in place
 //! again before the first read, the gap is read from the table: nothing published is skipped.
+//!
+//! Only while somebody on this replica needs it (streams, `wait_for_head`), and for
+//! `FeedConfig::listener_linger` after: each delivered NOTIFY and each read is a commit that
+//! PostgreSQL counts, on every replica, for every stamped batch. Without watchers the listener
+//! `UNLISTEN`s and sits still (no notification, no read, no timer). The first watcher to arrive
+//! wakes it and waits (`Shared::try_admit`): the listener `LISTEN`s, reads the highest position
+//! and, if no admitted watcher depends on the old head, moves its head there without publishing
+//! what lies before (nobody was there to receive it; every watcher admitted from now on reads the
+//! table after this, so it replays at least that far). Then it follows as above.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CHANNEL, FeedConfig, FeedEvent, Shared, within};
+use super::{CHANNEL, FeedConfig, FeedEvent, Listening, Shared, within};
 use crate::store::StoreError;
 use crate::store::events::{event_from_row, events_after_sql};
 
@@ -44,7 +54,7 @@ pub(super) async fn run(
             &mut backoff,
         )
         .await;
-        shared.listener_connected.store(false, Ordering::SeqCst);
+        shared.set_listening(Listening::default());
         match result {
             Ok(()) => break,
             Err(error) => {
@@ -87,20 +97,73 @@ async fn session(
             }
         })
     };
-    within(
-        settings.query_timeout,
-        client.batch_execute(&format!("LISTEN {CHANNEL}")),
-    )
-    .await?;
     let page = within(settings.query_timeout, client.prepare(&events_after_sql())).await?;
-    shared.listener_connected.store(true, Ordering::SeqCst);
+    let highest = within(settings.query_timeout, client.prepare(HIGHEST_SQL)).await?;
+    shared.set_listening(Listening {
+        connected: true,
+        following: false,
+    });
     shared.listener_sessions.fetch_add(1, Ordering::SeqCst);
     *backoff = MIN_BACKOFF;
 
+    let mut following = false;
+    // Since when nobody on this replica needs the feed (while following).
+    let mut unwanted_since: Option<Instant> = None;
     loop {
-        // Whatever woke us (first of all a new connection: the gap since the old one), the table says
-        // what there is.
-        drain(&client, &page, settings, shared, sender).await?;
+        let wanted = {
+            let gate = shared.gate();
+            shared.wanted(&gate, sender)
+        };
+        if following {
+            // Whatever woke us, the table says what there is.
+            drain(&client, &page, settings, shared, sender).await?;
+            if wanted {
+                unwanted_since = None;
+            } else {
+                let since = *unwanted_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= settings.listener_linger && stop_following(shared, sender) {
+                    within(
+                        settings.query_timeout,
+                        client.batch_execute(&format!("UNLISTEN {CHANNEL}")),
+                    )
+                    .await?;
+                    following = false;
+                    unwanted_since = None;
+                    tracing::debug!("event feed listener: no watcher here; stopped listening");
+                    continue;
+                }
+            }
+        } else if wanted {
+            // LISTEN first: every batch stamped after the read below is then notified.
+            within(
+                settings.query_timeout,
+                client.batch_execute(&format!("LISTEN {CHANNEL}")),
+            )
+            .await?;
+            let row = within(settings.query_timeout, client.query_one(&highest, &[])).await?;
+            let highest: i64 = row
+                .try_get(0)
+                .map_err(|e| StoreError::Corrupt(format!("highest position: {e}")))?;
+            start_following(shared, highest);
+            following = true;
+            unwanted_since = None;
+            tracing::debug!(
+                head = shared.head.load(Ordering::SeqCst),
+                "event feed listener: a watcher is here; following the feed"
+            );
+            // Read at once: an admitted watcher may depend on events stamped since the head.
+            continue;
+        }
+        let linger_left = unwanted_since.map(|since| {
+            settings
+                .listener_linger
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_millis(1))
+        });
+        let tick = match linger_left {
+            Some(left) => settings.listener_tick.min(left),
+            None => settings.listener_tick,
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -112,10 +175,42 @@ async fn session(
                 };
                 return Err(StoreError::Unavailable(format!("the listener's connection ended: {why}")));
             }
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(settings.listener_tick) => {}
+            _ = shared.demand.notified() => {}
+            _ = wake.notified(), if following => {}
+            _ = tokio::time::sleep(tick), if following => {}
         }
     }
+}
+
+/// The highest stamped position (the unique index's last entry).
+const HIGHEST_SQL: &str = "SELECT coalesce(max(global_sequence), 0)::bigint FROM events";
+
+/// Starts following at `highest`, read after `LISTEN` took effect: the head moves there unless an
+/// admitted watcher relies on the listener publishing from the current head.
+fn start_following(shared: &Shared, highest: i64) {
+    let gate = shared.gate();
+    if gate.admitted == 0 && highest > shared.head.load(Ordering::SeqCst) {
+        shared.head.store(highest, Ordering::SeqCst);
+        shared.published.send_replace(highest);
+    }
+    shared.listening.send_replace(Listening {
+        connected: true,
+        following: true,
+    });
+}
+
+/// Stops following if still nobody needs the feed (checked under the gate, so a watcher arriving
+/// now waits for the next `start_following`).
+fn stop_following(shared: &Shared, sender: &broadcast::Sender<Arc<FeedEvent>>) -> bool {
+    let gate = shared.gate();
+    if shared.wanted(&gate, sender) {
+        return false;
+    }
+    shared.listening.send_replace(Listening {
+        connected: true,
+        following: false,
+    });
+    true
 }
 
 /// Publishes every stamped event after `head`, in order, page by page until a short page.

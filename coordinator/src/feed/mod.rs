@@ -2,9 +2,14 @@
 //! order, resumable from a dense int64 cursor, even when transactions commit out of order.
 //!
 //! - `sequencer`: one task across all replicas (advisory-lock leader) stamps a dense
-//!   `global_sequence` on committed events, in short batches, and sends one NOTIFY per batch.
-//! - `listener`: one `LISTEN` connection per replica; on a wake-up or a timer it reads the newly
-//!   stamped events from the table and publishes them on one in-process broadcast channel.
+//!   `global_sequence` on committed events, in batches of everything visible, and sends one NOTIFY
+//!   per batch. It is woken by commits: on its own replica in process (`Feed::nudge`), from the
+//!   other replicas by a coalesced `NOTIFY payments_feed_nudge` that their sequencer task sends
+//!   after the commit; a slow safety poll covers a nudge lost to a crash.
+//! - `listener`: one connection per replica; while this replica has watchers it `LISTEN`s, and on
+//!   each wake-up reads the newly stamped events from the table and publishes them on one
+//!   in-process broadcast channel. With no watcher it stops listening and reads nothing (a replica
+//!   nobody watches costs the feed no commit); the first watcher to arrive wakes it again.
 //! - `watch`: each stream replays from the table, then follows the broadcast; on lag it catches up
 //!   from the table. No connection and no task per watcher.
 //!
@@ -35,6 +40,9 @@ pub use crate::store::EventRecord as FeedEvent;
 
 /// The channel the sequencer notifies and the listeners listen on.
 pub const CHANNEL: &str = "payments_feed";
+/// The channel replicas that do not stamp notify after committing events, and the leading sequencer
+/// listens on.
+pub const NUDGE_CHANNEL: &str = "payments_feed_nudge";
 
 /// `application_name` of the sequencer's connection (visible in `pg_stat_activity`).
 pub const SEQUENCER_APPLICATION_NAME: &str = "coordinator-feed-sequencer";
@@ -49,13 +57,19 @@ pub struct FeedConfig {
     pub channel_capacity: usize,
     /// Most events stamped by one sequencer transaction.
     pub stamp_batch: i64,
-    /// How often the leading sequencer looks for events committed without a nudge (on other
-    /// replicas, or by a nudge lost to a crash).
+    /// The leading sequencer's safety poll: how often it looks for events committed without a
+    /// nudge reaching it (a replica that crashed between its commit and its nudge, a nudge sent
+    /// while no sequencer listened, a writer that does not nudge). Not on the normal path: every
+    /// replica nudges after its commits.
     pub sequencer_idle: Duration,
     /// How often a replica that does not lead tries to take the sequencer's lock.
     pub leader_retry: Duration,
-    /// How often the listener reads the table without a notification (a missed wake-up only delays).
+    /// How often a listener with watchers reads the table without a notification (a missed wake-up
+    /// only delays).
     pub listener_tick: Duration,
+    /// How long a listener keeps listening after this replica's last watcher went (so that watchers
+    /// coming and going do not make it `LISTEN` and `UNLISTEN` each time).
+    pub listener_linger: Duration,
     /// Page size of the listener's reads.
     pub listener_page: i64,
     /// Page size of a watcher's replay.
@@ -70,9 +84,10 @@ impl Default for FeedConfig {
         FeedConfig {
             channel_capacity: 4096,
             stamp_batch: 500,
-            sequencer_idle: Duration::from_millis(20),
+            sequencer_idle: Duration::from_secs(1),
             leader_retry: Duration::from_secs(1),
-            listener_tick: Duration::from_millis(250),
+            listener_tick: Duration::from_secs(1),
+            listener_linger: Duration::from_secs(10),
             listener_page: 1000,
             replay_page: 500,
             query_timeout: Duration::from_secs(15),
@@ -83,7 +98,8 @@ impl Default for FeedConfig {
 /// What the feed looks like on this replica now (for metrics and health).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedStatus {
-    /// Highest position published on this replica.
+    /// Highest position published on this replica (while it has no watcher, the position when it
+    /// last had one: nothing is read for nobody).
     pub head: i64,
     /// Whether this replica's sequencer holds the lock.
     pub sequencer_leader: bool,
@@ -93,6 +109,9 @@ pub struct FeedStatus {
     pub listener_connected: bool,
     /// How many times the listener connected (1 + reconnections).
     pub listener_sessions: u64,
+    /// Whether the listener follows the feed (`LISTEN`s and publishes): while this replica has
+    /// watchers, and for `FeedConfig::listener_linger` after the last one went.
+    pub listener_following: bool,
     /// `occurred_at` of the newest published event.
     pub newest_occurred_at: Option<SystemTime>,
     /// Publication time minus `occurred_at` of the newest published event: how late the feed was
@@ -121,32 +140,55 @@ pub(crate) struct Shared {
     listener_sessions: AtomicU64,
     /// `head` for waiters, updated once per page published.
     published: tokio_watch::Sender<i64>,
+    /// What the listener does, for watchers deciding whether they may read the table yet. Changed
+    /// only under `gate`.
+    listening: tokio_watch::Sender<Listening>,
+    /// Pinged by a watcher (or a `wait_for_head`) that needs the listener to follow the feed.
+    demand: Notify,
+    gate: std::sync::Mutex<Gate>,
+}
+
+/// The listener's state as watchers see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Listening {
+    /// The listener's connection is up.
+    pub(crate) connected: bool,
+    /// It `LISTEN`s and publishes every stamped event after `head`.
+    pub(crate) following: bool,
+}
+
+/// What subscribing, admitting a watcher and moving the listener's head without publishing must
+/// see consistently: one lock (short, never held across an await).
+pub(crate) struct Gate {
     /// One small channel per order somebody watches on this replica: an event wakes only its
     /// order's watchers, not every `WatchOrder` stream (10,000 idle streams would otherwise all
     /// wake, and filter, for every event). Entries go when their last watcher does.
-    order_routes: std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<FeedEvent>>>>,
+    routes: HashMap<String, broadcast::Sender<Arc<FeedEvent>>>,
+    /// Watchers reading the table (replay or catch-up) that may rely on the listener publishing
+    /// every event after the head it had when they were admitted: while there is one, the head
+    /// only moves by publishing.
+    admitted: usize,
 }
 
 impl Shared {
-    fn routes(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<FeedEvent>>>> {
-        // Only single inserts/removes happen under this lock: a poisoned map is still consistent.
-        self.order_routes
+    pub(crate) fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        // Only single updates happen under this lock: a poisoned gate is still consistent.
+        self.gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Publishes one event to its order's watchers, if any.
     pub(crate) fn route(&self, event: &Arc<FeedEvent>) {
-        if let Some(sender) = self.routes().get(&event.order_id) {
+        if let Some(sender) = self.gate().routes.get(&event.order_id) {
             let _ = sender.send(Arc::clone(event));
         }
     }
 
     /// A receiver for one order's events (the channel is created on first use).
     pub(crate) fn subscribe_order(&self, order_id: &str) -> broadcast::Receiver<Arc<FeedEvent>> {
-        self.routes()
+        self.gate()
+            .routes
             .entry(order_id.to_owned())
             .or_insert_with(|| broadcast::channel(ORDER_CHANNEL_CAPACITY).0)
             .subscribe()
@@ -154,21 +196,58 @@ impl Shared {
 
     /// Receivers of every order channel.
     fn order_watchers(&self) -> usize {
-        self.routes()
+        self.gate()
+            .routes
             .values()
             .map(broadcast::Sender::receiver_count)
             .sum()
     }
 
-    /// Forgets an order's channel once nobody receives from it any more.
-    pub(crate) fn release_order(&self, order_id: &str) {
-        let mut routes = self.routes();
-        if routes
-            .get(order_id)
-            .is_some_and(|s| s.receiver_count() == 0)
-        {
-            routes.remove(order_id);
+    /// Forgets an order's channel once nobody receives from it any more, and the watcher's
+    /// admission.
+    pub(crate) fn release(&self, order_id: Option<&str>, admitted: bool) {
+        let mut gate = self.gate();
+        if admitted {
+            gate.admitted = gate.admitted.saturating_sub(1);
         }
+        if let Some(order_id) = order_id
+            && gate
+                .routes
+                .get(order_id)
+                .is_some_and(|s| s.receiver_count() == 0)
+        {
+            gate.routes.remove(order_id);
+        }
+    }
+
+    /// Lets a watcher read the table if that is safe now: the listener follows (it publishes
+    /// everything after a head that the watcher's reads, all later, will reach), or it is not
+    /// connected (then it will, once back, publish everything after its current head, never
+    /// jumping: `admitted` forbids it). Otherwise the watcher waits for the listener to follow.
+    pub(crate) fn try_admit(&self) -> bool {
+        let mut gate = self.gate();
+        let state = *self.listening.borrow();
+        if state.following || !state.connected {
+            gate.admitted += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Somebody on this replica needs the feed published: streams (admitted or waiting) or
+    /// `wait_for_head` callers.
+    fn wanted(&self, gate: &Gate, sender: &broadcast::Sender<Arc<FeedEvent>>) -> bool {
+        sender.receiver_count() > 0
+            || gate.routes.values().any(|s| s.receiver_count() > 0)
+            || self.published.receiver_count() > 0
+    }
+
+    fn set_listening(&self, state: Listening) {
+        let _gate = self.gate();
+        self.listening.send_replace(state);
+        self.listener_connected
+            .store(state.connected, Ordering::SeqCst);
     }
 }
 
@@ -243,7 +322,12 @@ impl Feed {
             listener_connected: AtomicBool::new(false),
             listener_sessions: AtomicU64::new(0),
             published: tokio_watch::Sender::new(head),
-            order_routes: std::sync::Mutex::new(HashMap::new()),
+            listening: tokio_watch::Sender::new(Listening::default()),
+            demand: Notify::new(),
+            gate: std::sync::Mutex::new(Gate {
+                routes: HashMap::new(),
+                admitted: 0,
+            }),
         });
         let (sender, _) = broadcast::channel(config.channel_capacity.max(1));
         let nudge = Arc::new(Notify::new());
@@ -276,7 +360,10 @@ impl Feed {
         })
     }
 
-    /// A commit with events happened on this replica: stamp soon. Cheap; coalesces.
+    /// A commit with events happened on this replica: stamp soon. Call it after the commit (the
+    /// sequencer's snapshot must see the events). Cheap; coalesces: in process if this replica
+    /// stamps, else one `NOTIFY payments_feed_nudge` in flight at a time, covering every nudge made
+    /// meanwhile.
     pub fn nudge(&self) {
         self.inner.nudge.notify_one();
     }
@@ -319,6 +406,8 @@ impl Feed {
     /// Waits until this replica has published `position` (or the feed shut down).
     pub async fn wait_for_head(&self, position: i64) {
         let mut published = self.inner.shared.published.subscribe();
+        // A waiter is a reason for the listener to follow the feed.
+        self.inner.shared.demand.notify_one();
         tokio::select! {
             _ = self.inner.shutdown.cancelled() => {}
             _ = published.wait_for(|head| *head >= position) => {}
@@ -343,19 +432,23 @@ impl Feed {
         let lag = shared.publish_lag_us.load(Ordering::SeqCst);
         let (event_watchers, order_watchers) =
             (self.inner.sender.receiver_count(), shared.order_watchers());
+        // One lock at a time (the listener takes the gate, then `listening`).
+        let watched_orders = shared.gate().routes.len();
+        let listener_following = shared.listening.borrow().following;
         FeedStatus {
             head: shared.head.load(Ordering::SeqCst),
             sequencer_leader: shared.leader.load(Ordering::SeqCst),
             stamped_batches: shared.batches.load(Ordering::Relaxed),
             listener_connected: shared.listener_connected.load(Ordering::SeqCst),
             listener_sessions: shared.listener_sessions.load(Ordering::SeqCst),
+            listener_following,
             newest_occurred_at: (newest != i64::MIN)
                 .then(|| UNIX_EPOCH + Duration::from_micros(newest.unsigned_abs())),
             publish_lag: u64::try_from(lag).ok().map(Duration::from_micros),
             watchers: event_watchers + order_watchers,
             event_watchers,
             order_watchers,
-            watched_orders: shared.routes().len(),
+            watched_orders,
         }
     }
 

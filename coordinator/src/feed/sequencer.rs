@@ -24,20 +24,30 @@
 //! event is visible the earlier one is too, and it has the smaller `id`: stamping visible rows in
 //! `id` order gives the earlier event the smaller position (in this batch or an earlier one).
 //!
-//! Wake-ups: `Feed::nudge` (a commit on this replica), and an idle timer so that commits made on
-//! other replicas are stamped promptly too. The timer's cost: one empty index scan
-//! (`events_unstamped`, a partial index holding only the unstamped rows) per tick, on the leader
-//! only (`FeedConfig::sequencer_idle`, 20 ms by default: 50 trivial statements a second).
+//! Wake-ups, no polling: `Feed::nudge`, called after a commit with events. On the leading replica
+//! it wakes the stamping loop in process. On the others it wakes this task's idle connection, which
+//! sends `NOTIFY payments_feed_nudge` (the leader alone `LISTEN`s on it, from before its first
+//! stamp) in the statement that also tries the lock: one commit, at most one in flight, and every
+//! nudge made while it is in flight is covered by the next one. The NOTIFY commits after the
+//! nudging transaction did, and is delivered after that, so the stamp it triggers sees the events.
+//! Each wake-up stamps everything visible (up to `FeedConfig::stamp_batch`): the nudges of many
+//! payments made while a stamp runs are covered by the next single one.
+//!
+//! A safety poll (`FeedConfig::sequencer_idle`, 1 s) covers what no nudge announces: a replica
+//! that crashed between its commit and its NOTIFY, a NOTIFY sent while no leader listened (the
+//! new leader stamps at once on taking the lock anyway), a writer outside the coordinator. Its
+//! cost: one empty index scan (`events_unstamped`, a partial index holding only the unstamped rows)
+//! a second, on the leader only.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::Notify;
-use tokio_postgres::NoTls;
+use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CHANNEL, FeedConfig, Shared, within};
+use super::{CHANNEL, FeedConfig, NUDGE_CHANNEL, Shared, within};
 use crate::store::StoreError;
 
 /// The session-level advisory lock whose holder stamps the feed ("feedseq1" in ASCII).
@@ -66,6 +76,19 @@ fn stamp_sql() -> String {
          SELECT (SELECT count(*) FROM stamped) AS stamped, \
                 (SELECT count(*) FROM notified) AS notified, \
                 (SELECT max(global_sequence) FROM stamped) AS head"
+    )
+}
+
+/// Tries to take the lock and, if another session holds it and `$2`, nudges the leader: one
+/// statement, one commit. The lock is taken in its own (materialised) step so that it is tried
+/// exactly once.
+fn try_lock_sql() -> String {
+    format!(
+        "WITH attempt AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS locked) \
+         SELECT locked, \
+                (CASE WHEN locked OR NOT $2::boolean THEN NULL \
+                      ELSE pg_notify('{NUDGE_CHANNEL}', '') END)::text AS nudged \
+         FROM attempt"
     )
 }
 
@@ -108,32 +131,58 @@ async fn session(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let (client, connection) = within(settings.query_timeout, config.connect(NoTls)).await?;
-    // Ends when `client` is dropped (end of this function) or the connection is lost.
-    let mut driver = tracker.spawn(connection);
+    let (client, mut connection) = within(settings.query_timeout, config.connect(NoTls)).await?;
+    let remote = Arc::new(Notify::new());
+    // Drives the connection and turns nudges from other replicas (delivered only once this session
+    // leads and listens) into wake-ups. Ends when `client` is dropped (end of this function) or the
+    // connection is lost.
+    let mut driver = {
+        let remote = Arc::clone(&remote);
+        tracker.spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => remote.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+        })
+    };
     let lost = || StoreError::Unavailable("the sequencer's connection was lost".to_owned());
 
+    let try_lock = within(settings.query_timeout, client.prepare(&try_lock_sql())).await?;
+    // Whether events were committed here since the last attempt: then the leader must hear of it.
+    let mut forward = false;
     loop {
         let row = within(
             settings.query_timeout,
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&FEED_LOCK]),
+            client.query_one(&try_lock, &[&FEED_LOCK, &forward]),
         )
         .await?;
         let locked: bool = row
-            .try_get(0)
+            .try_get("locked")
             .map_err(|e| StoreError::Corrupt(format!("pg_try_advisory_lock: {e}")))?;
         if locked {
             break;
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut driver => return Err(lost()),
-            _ = tokio::time::sleep(settings.leader_retry) => {}
+            _ = nudge.notified() => forward = true,
+            _ = tokio::time::sleep(settings.leader_retry) => forward = false,
         }
     }
     shared.leader.store(true, Ordering::SeqCst);
     tracing::info!("this replica now stamps the event feed");
 
+    // Before the first stamp: a nudge sent from now on wakes a stamp that follows its commit, and
+    // the first stamp below covers everything committed before.
+    within(
+        settings.query_timeout,
+        client.batch_execute(&format!("LISTEN {NUDGE_CHANNEL}")),
+    )
+    .await?;
     let stamp = within(settings.query_timeout, client.prepare(&stamp_sql())).await?;
     loop {
         let row = within(
@@ -160,6 +209,7 @@ async fn session(
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut driver => return Err(lost()),
             _ = nudge.notified() => {}
+            _ = remote.notified() => {}
             _ = tokio::time::sleep(settings.sequencer_idle) => {}
         }
     }

@@ -6,6 +6,11 @@
 //! the positions; a slow consumer therefore never blocks the others nor makes anything grow: the
 //! channel overwrites what it did not read, and it catches up from the table. Dropping the stream
 //! (a client disconnecting) drops the receiver: nothing is left behind.
+//!
+//! Before its first read of the table a watcher is admitted (`Shared::try_admit`): a replica with
+//! no watcher does not follow the feed (its listener neither listens nor reads), so the first
+//! watcher wakes it and waits until it follows again. The listener then publishes every event after
+//! a head that the watcher's reads, all made later, reach: no gap at the seam.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +44,8 @@ pub(super) struct Watch {
     replayed: VecDeque<FeedEvent>,
     /// Reading the table rather than the fan-out.
     catching_up: bool,
+    /// Counted in `Gate::admitted` (until dropped).
+    admitted: bool,
     finished: bool,
 }
 
@@ -57,7 +64,31 @@ impl Watch {
             last: after,
             replayed: VecDeque::new(),
             catching_up: true,
+            admitted: false,
             finished: false,
+        }
+    }
+
+    /// Waits until this watcher may read the table (see the module's docs); `false` at shutdown.
+    async fn admit(&mut self) -> bool {
+        let shared = &self.inner.shared;
+        let mut listening = shared.listening.subscribe();
+        loop {
+            listening.borrow_and_update();
+            if shared.try_admit() {
+                self.admitted = true;
+                return true;
+            }
+            shared.demand.notify_one();
+            tokio::select! {
+                biased;
+                _ = self.inner.shutdown.cancelled() => return false,
+                changed = listening.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+            }
         }
     }
 
@@ -95,6 +126,9 @@ impl Watch {
                 return None;
             }
             if self.catching_up {
+                if !self.admitted && !self.admit().await {
+                    return None;
+                }
                 let page = tokio::select! {
                     biased;
                     _ = self.inner.shutdown.cancelled() => return None,
@@ -148,12 +182,14 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Scope::Order(order_id) = &self.scope {
-            // Our receiver must be gone before the count is read: swap it for a detached one.
-            let (detached, _) = broadcast::channel(1);
-            drop(std::mem::replace(&mut self.receiver, detached.subscribe()));
-            self.inner.shared.release_order(order_id);
-        }
+        // Our receiver must be gone before the count is read: swap it for a detached one.
+        let (detached, _) = broadcast::channel(1);
+        drop(std::mem::replace(&mut self.receiver, detached.subscribe()));
+        let order_id = match &self.scope {
+            Scope::Order(order_id) => Some(order_id.as_str()),
+            Scope::All => None,
+        };
+        self.inner.shared.release(order_id, self.admitted);
     }
 }
 
