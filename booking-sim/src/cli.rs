@@ -219,6 +219,18 @@ pub struct LoadArgs {
     /// overhead from each scheduled start.
     #[arg(long, value_parser = booking_sim::load::parse_rate)]
     pub rate: Option<booking_sim::load::Rate>,
+    /// Instead of one run per flow: the measured phase at each of these concurrencies
+    /// (comma-separated, e.g. 1,2,4,8,16,32,64) on one stack per flow, then the PostgreSQL ceiling
+    /// at each (pgbench, --ceiling-secs per step, the replicas stopped); one table row per
+    /// concurrency. Each step pays min(--payments, max(500, 100 x callers)) fresh orders after
+    /// min(--warmup, max(50, 10 x callers)): a few seconds per step here, about 4 minutes for
+    /// both flows with the defaults. --rate is not used.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
+    /// With --sweep: write an SVG chart of payments/s (the stack's and the ceiling's) and p99
+    /// latency against concurrency to this file (e.g. docs/performance.svg).
+    #[arg(long, requires = "sweep")]
+    pub chart: Option<std::path::PathBuf>,
     /// The PostgreSQL server the fresh databases are made on (the main job's).
     #[arg(
         long,
@@ -606,6 +618,10 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
+    let sweep = (!args.sweep.is_empty()).then(|| load::sweep::SweepConfig {
+        concurrencies: args.sweep,
+        chart: args.chart,
+    });
     let config = LoadConfig {
         flows: load::parse_flows(&args.flow)?,
         payments: args.payments,
@@ -619,15 +635,21 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         target,
         extra,
     };
-    let outcome = tokio::select! {
-        outcome = load::run(config) => outcome?,
+    let ok = async {
+        match sweep {
+            Some(sweep) => load::sweep::run(config, sweep).await.map(|o| o.ok()),
+            None => load::run(config).await.map(|o| o.ok()),
+        }
+    };
+    let ok = tokio::select! {
+        ok = ok => ok?,
         () = shutdown_signal() => {
             // Dropping the run kills the replicas and the Redis it started.
             anyhow::bail!("interrupted: the load run was stopped and what it started torn down");
         }
     };
     let _ = std::io::stdout().flush();
-    if !outcome.ok() {
+    if !ok {
         std::process::exit(1);
     }
     Ok(())

@@ -17,10 +17,13 @@
 //! - [`figures`]: percentiles and the overhead arithmetic; [`report`]: the table.
 //! - [`extra`]: the other figures ([`race`], [`scale`], [`inflight`], [`abuse`]), each on a
 //!   fresh stack of the first flow, after the flows' tables and before the ratio line.
+//! - [`sweep`] (`--sweep`): the measured phase at each of several concurrencies, and the ceiling
+//!   at each, as a table and a chart ([`chart`]).
 
 pub mod abuse;
 pub mod callers;
 pub mod ceiling;
+pub mod chart;
 pub mod counters;
 pub mod extra;
 pub mod figures;
@@ -29,6 +32,7 @@ pub mod race;
 pub mod report;
 pub mod scale;
 pub mod services;
+pub mod sweep;
 
 use std::time::Duration;
 
