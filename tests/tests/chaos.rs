@@ -5,10 +5,17 @@
 //! Redis stopped and started, a latency spike, slow answers, hangs, 500 before and after
 //! charging, dropped answers, 429 — then lets recovery settle and runs the invariant checker,
 //! which must pass. It needs no PostgreSQL or Redis of the environment's: everything is its own.
+//!
+//! A live `WatchEvents` subscriber is kept through the run (resuming after its last position
+//! whenever its stream breaks): its row, positions received against 1..max, must show no gap,
+//! duplicate or reordering; and every order a caller was told was paid must be paid.
 
 use std::time::Duration;
 
-use booking_sim::chaos::{self, ChaosConfig, FaultKind};
+use booking_sim::{
+    chaos::{self, ChaosConfig, FaultKind},
+    checker::names,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_chaos_run_with_every_fault_kind_passes_the_checker() {
@@ -44,15 +51,32 @@ async fn a_short_chaos_run_with_every_fault_kind_passes_the_checker() {
         outcome.report.ok(),
         "the invariant checker failed:\n{summary}"
     );
-    // The simulator has every capability (idempotency, lookup, cancel): every doubt must be
-    // resolved from the gateway, none left to a reviewer.
+    // The live subscriber was there, saw its streams broken (replicas killed, PostgreSQL
+    // restarted) and still received every position once, in order.
+    let live = outcome
+        .report
+        .row(names::LIVE_FEED)
+        .unwrap_or_else(|| panic!("no live feed row:\n{summary}"));
+    assert_eq!(live.value, 0, "{summary}");
+    let feed = outcome
+        .live_feed
+        .as_ref()
+        .unwrap_or_else(|| panic!("no live feed subscriber:\n{summary}"));
+    assert!(!feed.positions.is_empty(), "{summary}");
+    assert!(feed.resumes >= 1, "the stream never broke:\n{summary}");
+    // Callers told SUCCEEDED: their orders are paid (the checker's row, and the set is real).
+    assert!(!outcome.workload.succeeded_orders.is_empty(), "{summary}");
     assert_eq!(
         outcome
             .report
-            .value(booking_sim::checker::names::MANUAL_REVIEWS),
-        0,
+            .row(names::TOLD_PAID_NOT_PAID)
+            .map(|r| r.value),
+        Some(0),
         "{summary}"
     );
+    // The simulator has every capability (idempotency, lookup, cancel): every doubt must be
+    // resolved from the gateway, none left to a reviewer.
+    assert_eq!(outcome.report.value(names::MANUAL_REVIEWS), 0, "{summary}");
     // The run did pay orders, and the racing callers were refused rather than let through.
     assert!(
         outcome.settled.states.get("PAID").copied().unwrap_or(0) > 0,

@@ -10,7 +10,9 @@
 //! - [`workload`]: the racing operators and reviewers; [`operators`]: the same on their own,
 //!   against running replicas, for drills a test conducts itself.
 //! - `faults`: applies the schedule; `world`: what the run started; `settle`: waiting for
-//!   recovery.
+//!   recovery; `feed`: the live `WatchEvents` subscriber kept through the run, whose positions
+//!   the checker judges (gaps, duplicates, out of order), as it judges the orders callers were
+//!   told were paid.
 //!
 //! The same seed replays the same schedule and the same per-order plans (amounts, methods,
 //! callers, refunds); the interleaving of calls is the machine's.
@@ -20,6 +22,7 @@ pub mod schedule;
 pub mod workload;
 
 mod faults;
+mod feed;
 pub(crate) mod progress;
 mod settle;
 mod world;
@@ -35,8 +38,9 @@ use std::{collections::BTreeMap, fmt, fmt::Write as _, path::PathBuf, sync::Arc,
 use anyhow::{Context, bail};
 use tokio::{sync::watch, task::JoinSet};
 
-use crate::checker::{self, CheckInput, Report};
+use crate::checker::{self, CheckInput, LiveFeed, Report};
 use faults::Runner;
+use feed::Subscriber;
 use progress::say;
 use schedule::{Baseline, ScheduleParams};
 use workload::{Workload, WorkloadConfig};
@@ -198,6 +202,9 @@ pub struct ChaosOutcome {
     pub sim_injected: BTreeMap<String, u64>,
     pub workload: WorkloadStats,
     pub settled: Settled,
+    /// What the live `WatchEvents` subscriber received (none when pointed at running services:
+    /// no `service` key).
+    pub live_feed: Option<LiveFeed>,
     pub report: Report,
     pub elapsed: Duration,
     /// The work directory (replica logs, journals, keys file), kept when the run failed.
@@ -464,6 +471,25 @@ async fn drive(
     let (started_tx, started_rx) = watch::channel(0usize);
     let total_faults = schedule.faults.len();
     let planned = schedule.clone();
+    // Opened before the first payment, so that the feed is watched live rather than replayed.
+    let first_victim = planned
+        .faults
+        .iter()
+        .find_map(|f| match f.fault {
+            Fault::Kill9 { replica, .. } => Some(replica),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let subscriber = Subscriber::start(
+        world.watch_clients.clone(),
+        first_victim,
+        Duration::from_secs(10),
+    )
+    .await;
+    match &subscriber {
+        Some(_) => say("live feed subscriber: WatchEvents open (resumes after its last position)"),
+        None => say("no live feed subscriber (no service key for running services)"),
+    }
     say("phase: racing operators and the fault schedule");
     let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
     {
@@ -491,7 +517,7 @@ async fn drive(
                 Some(Ok(Ok(what))) => {
                     running -= 1;
                     say(&format!("{what} is done"));
-                    progress_line(&workload, &runner, config.payments, total_faults);
+                    progress_line(&workload, &runner, config.payments, total_faults, subscriber.as_ref());
                 }
                 Some(Ok(Err(error))) => return Err(error),
                 Some(Err(error)) => bail!("a chaos task failed: {error}"),
@@ -499,7 +525,7 @@ async fn drive(
             },
             _ = ticker.tick() => {
                 runner.watch_replicas().await?;
-                progress_line(&workload, &runner, config.payments, total_faults);
+                progress_line(&workload, &runner, config.payments, total_faults, subscriber.as_ref());
             }
         }
     }
@@ -529,9 +555,30 @@ async fn drive(
         requested: Some(config.payments as u64),
     };
     // A fault may just have moved the sequencer's leader.
-    let report = checker::check_once_stamped(&input, STAMPING_BOUND)
+    let mut report = checker::check_once_stamped(&input, STAMPING_BOUND)
         .await
         .context("running the invariant checker")?;
+    let live_feed = match subscriber {
+        Some(subscriber) => {
+            let (feed, max) = subscriber
+                .finish(&world.database_url, STAMPING_BOUND)
+                .await
+                .context("stopping the live feed subscriber")?;
+            say(&format!(
+                "  live feed subscriber: {} events received over {} streams, judged against 1..{max}",
+                feed.positions.len(),
+                feed.streams
+            ));
+            report.add_live_feed(&feed, max);
+            Some(feed)
+        }
+        None => None,
+    };
+    let stats = workload.stats();
+    let states = checker::order_states(&world.database_url, &stats.succeeded_orders)
+        .await
+        .context("reading the states of the orders callers were told were paid")?;
+    report.add_told_paid(&stats.succeeded_orders, &states);
     let sim_injected = world
         .sim
         .ledger()
@@ -544,15 +591,22 @@ async fn drive(
         schedule: planned,
         faults: runner.tally(),
         sim_injected,
-        workload: workload.stats(),
+        workload: stats,
         settled,
+        live_feed,
         report,
         elapsed: Duration::ZERO,
         work_dir: None,
     })
 }
 
-fn progress_line(workload: &Workload, runner: &Runner, payments: usize, total_faults: usize) {
+fn progress_line(
+    workload: &Workload,
+    runner: &Runner,
+    payments: usize,
+    total_faults: usize,
+    subscriber: Option<&Subscriber>,
+) {
     let w = workload.stats();
     let f = runner.tally();
     let mut top: Vec<(&String, &u64)> = w.refusals.iter().collect();
@@ -567,8 +621,11 @@ fn progress_line(workload: &Workload, runner: &Runner, payments: usize, total_fa
         .as_ref()
         .map(|c| format!(" (now {c})"))
         .unwrap_or_default();
+    let feed = subscriber
+        .map(|s| format!("; feed at {}", s.highest()))
+        .unwrap_or_default();
     say(&format!(
-        "payments {}/{payments} done ({} started); faults {}/{total_faults}{now}; {} calls, {} same-key retries, {} given up; refusals {}{}",
+        "payments {}/{payments} done ({} started); faults {}/{total_faults}{now}; {} calls, {} same-key retries, {} given up; refusals {}{}{feed}",
         w.orders_done,
         w.orders_started,
         f.done,

@@ -111,7 +111,7 @@ pub(crate) struct Workload {
 }
 
 /// The refunds planned for one order, if it ends up paid.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct RefundPlan {
     /// Amounts in order; `None`: whatever is left.
     steps: Vec<Option<i64>>,
@@ -121,14 +121,14 @@ struct RefundPlan {
     replay: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct CallerPlan {
     operator: usize,
     replica: usize,
     delay: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct OrderPlan {
     order_id: String,
     amount: i64,
@@ -185,6 +185,65 @@ fn outcome_name(outcome: pb::AttemptOutcome) -> String {
         .as_str_name()
         .trim_start_matches("ATTEMPT_OUTCOME_")
         .to_owned()
+}
+
+/// How many replicas and keys a plan draws from.
+#[derive(Clone, Copy, Debug)]
+struct Staff {
+    replicas: usize,
+    operators: usize,
+    reviewers: usize,
+}
+
+/// Order `n`'s plan, from the seed alone (and how many replicas and keys there are).
+fn plan(config: &WorkloadConfig, n: usize, staff: Staff) -> OrderPlan {
+    let mut rng = StdRng::seed_from_u64(
+        (config.seed ^ WORKLOAD_SALT).wrapping_add((n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    );
+    let replicas = staff.replicas.max(1);
+    let operators = staff.operators.max(1);
+    let amount = rng.random_range(500..=50_000);
+    let currency = if rng.random_bool(0.8) { "EUR" } else { "USD" };
+    let method = match rng.random_range(0..100) {
+        0..80 => VISA,
+        80..90 => DECLINED,
+        _ => INSUFFICIENT,
+    };
+    let first_replica = rng.random_range(0..replicas);
+    let first_operator = rng.random_range(0..operators);
+    let callers = (0..config.callers_per_order.max(1))
+        .map(|c| CallerPlan {
+            operator: (first_operator + c) % operators,
+            replica: (first_replica + c) % replicas,
+            delay: Duration::from_millis(rng.random_range(0..=40)),
+        })
+        .collect();
+    let duplicate = rng.random_range(0..100) < config.duplicate_percent;
+    let refund = (rng.random_range(0..100) < config.refund_percent).then(|| {
+        let partial = rng.random_range(1..amount);
+        let steps = match rng.random_range(0..10) {
+            0..4 => vec![None],
+            4..8 => vec![Some(partial)],
+            _ => vec![Some(partial), None],
+        };
+        RefundPlan {
+            steps,
+            racing: rng.random_bool(0.2),
+            replay: rng.random_bool(0.2),
+        }
+    });
+    OrderPlan {
+        order_id: config.order_id(n),
+        amount,
+        currency,
+        customer: format!("cust-{}", n % 97),
+        method,
+        callers,
+        duplicate,
+        refund,
+        reviewer: rng.random_range(0..staff.reviewers.max(1)),
+        reviewer_replica: rng.random_range(0..replicas),
+    }
 }
 
 impl Workload {
@@ -251,57 +310,16 @@ impl Workload {
         Ok(())
     }
 
-    /// Order `n`'s plan, from the seed alone.
     fn plan(&self, n: usize) -> OrderPlan {
-        let config = &self.config;
-        let mut rng = StdRng::seed_from_u64(
-            (config.seed ^ WORKLOAD_SALT)
-                .wrapping_add((n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        );
-        let replicas = self.world.replicas().max(1);
-        let operators = self.world.operators.len().max(1);
-        let amount = rng.random_range(500..=50_000);
-        let currency = if rng.random_bool(0.8) { "EUR" } else { "USD" };
-        let method = match rng.random_range(0..100) {
-            0..80 => VISA,
-            80..90 => DECLINED,
-            _ => INSUFFICIENT,
-        };
-        let first_replica = rng.random_range(0..replicas);
-        let first_operator = rng.random_range(0..operators);
-        let callers = (0..config.callers_per_order.max(1))
-            .map(|c| CallerPlan {
-                operator: (first_operator + c) % operators,
-                replica: (first_replica + c) % replicas,
-                delay: Duration::from_millis(rng.random_range(0..=40)),
-            })
-            .collect();
-        let duplicate = rng.random_range(0..100) < config.duplicate_percent;
-        let refund = (rng.random_range(0..100) < config.refund_percent).then(|| {
-            let partial = rng.random_range(1..amount);
-            let steps = match rng.random_range(0..10) {
-                0..4 => vec![None],
-                4..8 => vec![Some(partial)],
-                _ => vec![Some(partial), None],
-            };
-            RefundPlan {
-                steps,
-                racing: rng.random_bool(0.2),
-                replay: rng.random_bool(0.2),
-            }
-        });
-        OrderPlan {
-            order_id: config.order_id(n),
-            amount,
-            currency,
-            customer: format!("cust-{}", n % 97),
-            method,
-            callers,
-            duplicate,
-            refund,
-            reviewer: rng.random_range(0..self.world.reviewers.len().max(1)),
-            reviewer_replica: rng.random_range(0..replicas),
-        }
+        plan(
+            &self.config,
+            n,
+            Staff {
+                replicas: self.world.replicas(),
+                operators: self.world.operators.len(),
+                reviewers: self.world.reviewers.len(),
+            },
+        )
     }
 
     fn pay_request(plan: &OrderPlan, key: &str) -> pb::ProcessPaymentRequest {
@@ -593,6 +611,69 @@ impl Workload {
                 return false;
             }
             tokio::time::sleep(backoff(tries)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seed: u64) -> WorkloadConfig {
+        WorkloadConfig {
+            seed,
+            payments: 200,
+            concurrency: 8,
+            callers_per_order: 3,
+            refund_percent: 15,
+            duplicate_percent: 10,
+            call_timeout: Duration::from_secs(8),
+            max_tries: 12,
+            max_presses: 3,
+            order_prefix: format!("chaos-{seed}"),
+        }
+    }
+
+    const STAFF: Staff = Staff {
+        replicas: 3,
+        operators: 3,
+        reviewers: 2,
+    };
+
+    fn plans(seed: u64) -> Vec<OrderPlan> {
+        let config = config(seed);
+        (0..config.payments)
+            .map(|n| plan(&config, n, STAFF))
+            .collect()
+    }
+
+    /// The companion of `schedule`'s `the_same_seed_gives_the_same_schedule`: a seed replays
+    /// every order's amount, method, callers, double submit and refunds.
+    #[test]
+    fn the_same_seed_gives_the_same_workload_plans() {
+        let a = plans(7);
+        assert_eq!(a, plans(7));
+        let b = plans(8);
+        let differing = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| (x.amount, x.method, &x.callers) != (y.amount, y.method, &y.callers))
+            .count();
+        assert!(differing > 150, "only {differing} of 200 plans differ");
+        // The plans use what the run promises: every method, double submits and each refund
+        // shape, callers on distinct replicas.
+        for method in [VISA, DECLINED, INSUFFICIENT] {
+            assert!(a.iter().any(|p| p.method == method), "{method}");
+        }
+        assert!(a.iter().any(|p| p.duplicate));
+        let refunds: Vec<&RefundPlan> = a.iter().filter_map(|p| p.refund.as_ref()).collect();
+        assert!(refunds.iter().any(|r| r.steps == [None]));
+        assert!(refunds.iter().any(|r| r.steps.len() == 2));
+        for p in &a {
+            let mut replicas: Vec<usize> = p.callers.iter().map(|c| c.replica).collect();
+            replicas.dedup();
+            assert_eq!(replicas.len(), 3, "{p:?}");
+            assert!(p.order_id.starts_with("chaos-7-"));
         }
     }
 }

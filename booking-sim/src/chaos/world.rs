@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use payments_client::{Bearer, Client};
+use payments_client::{Bearer, Client, WatchClient};
 use payments_proto::v1::payment_coordinator_client::PaymentCoordinatorClient;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -78,6 +78,9 @@ pub(crate) struct World {
     /// `[key][replica]`: one connection per replica, shared by every key.
     pub operator_clients: Vec<Vec<Client>>,
     pub reviewer_clients: Vec<Vec<Client>>,
+    /// A `service` key's `WatchEvents` clients, one per replica, on connections of their own
+    /// (the live feed check); empty when pointed at running services (no such key given).
+    pub watch_clients: Vec<WatchClient>,
     /// Calls the workload has in flight on each replica, with when each started (the fault
     /// runner waits for a long one before it kills or freezes a replica, to catch it
     /// mid-payment).
@@ -223,6 +226,7 @@ impl World {
             gateway_url: external.gateway_url.clone(),
             operator_clients: clients_for(&operators, &channels)?,
             reviewer_clients: clients_for(&reviewers, &channels)?,
+            watch_clients: Vec::new(),
             in_flight: external
                 .coordinators
                 .iter()
@@ -273,19 +277,21 @@ impl World {
             redis.url()
         ));
 
-        // Operators (one per caller of an order, at least three), two reviewers, an admin.
+        // Operators (one per caller of an order, at least three), two reviewers, an admin, and a
+        // feed consumer.
         let operator_count = config.callers_per_order.max(3);
         let operators: Vec<Key> = (1..=operator_count)
             .map(|i| new_key(format!("op-{i}")))
             .collect();
         let reviewers: Vec<Key> = (1..=2).map(|i| new_key(format!("rev-{i}"))).collect();
         let admin = new_key("admin-1".to_owned());
+        let feed = new_key("feed-1".to_owned());
         let mut toml = String::new();
         for (key, role) in operators
             .iter()
             .map(|k| (k, "operator"))
             .chain(reviewers.iter().map(|k| (k, "reviewer")))
-            .chain([(&admin, "admin")])
+            .chain([(&admin, "admin"), (&feed, "service")])
         {
             let hash = hex::encode(Sha256::digest(key.secret.as_bytes()));
             toml.push_str(&format!(
@@ -358,12 +364,23 @@ impl World {
             .iter()
             .map(|url| lazy_channel(url))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let feed_bearer = Bearer::new(&feed.secret).context("the feed key is not usable")?;
+        let watch_clients = urls
+            .iter()
+            .map(|url| {
+                Ok(WatchClient::with_bearer(
+                    lazy_channel(url)?,
+                    feed_bearer.clone(),
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(World {
             database_url,
             sim: SimControl::new(&sim_url)?,
             gateway_url: sim_url,
             operator_clients: clients_for(&operators, &channels)?,
             reviewer_clients: clients_for(&reviewers, &channels)?,
+            watch_clients,
             in_flight: urls.iter().map(|_| Default::default()).collect(),
             next_call: AtomicU64::new(0),
             operators,

@@ -14,11 +14,15 @@
 //! through the `coordinator` crate): the invariants are about what was recorded, and the public
 //! API shows only part of it (no in-flight refunds, no unstamped events).
 //!
-//! Every row and its definition: see [`rules`] (`docs/ARCHITECTURE.md`, "Invariant checker").
+//! Every row and its definition: see [`rules`] (`docs/ARCHITECTURE.md`, "Invariant checker");
+//! the rows about what callers saw (a live feed subscriber, answers saying "paid") are added by
+//! the driver that kept that record ([`Report::add_live_feed`], [`Report::add_told_paid`]).
 
+mod callers;
 mod rules;
 mod snapshot;
 
+pub use callers::{LiveFeed, LiveVerdict, feed_max_position, judge_live, order_states};
 pub use rules::names;
 
 use std::{fmt::Write as _, time::Duration};

@@ -36,6 +36,14 @@
 //! | states differing from the last event | orders whose state is not the state their latest event says (every state change emits its event in the same transaction) | yes |
 //! | paid orders without a payment event | `PAID`/`REFUNDED` orders with neither `ATTEMPT_SUCCEEDED` nor a `MANUAL_REVIEW_RESOLVED` of an attempt into `PAID` | yes |
 //!
+//! Two more rows come from what a driver saw rather than from the tables, and only a driver that
+//! kept that record adds them (the chaos run does; see [`super::callers`]):
+//!
+//! | row | value | must be 0 |
+//! | --- | --- | --- |
+//! | live feed: gaps, duplicates, out of order | a `WatchEvents` subscriber kept through the whole run (resuming after its last position whenever its stream broke): positions of 1..max(`global_sequence`) it never received, receptions of a position it already had, first receptions below a position received before, receptions no event holds | yes |
+//! | told SUCCEEDED, not paid | orders some caller got an answer with an attempt `SUCCEEDED` for, that are not `PAID`/`REFUNDED` in the database | yes |
+//!
 //! Amounts summed across orders are minor units of whatever currencies the orders use: they are
 //! compared with the ledger's sums, not read as money.
 
@@ -70,6 +78,10 @@ pub mod names {
     pub const SEQUENCE_GAPS: &str = "per-order sequence gaps";
     pub const STATE_NOT_LAST_EVENT: &str = "states differing from the last event";
     pub const PAID_WITHOUT_EVENT: &str = "paid orders without a payment event";
+    /// Added by a driver with a live subscriber ([`crate::checker::LiveFeed`]).
+    pub const LIVE_FEED: &str = "live feed: gaps, duplicates, out of order";
+    /// Added by a driver that kept what its callers were told.
+    pub const TOLD_PAID_NOT_PAID: &str = "told SUCCEEDED, not paid";
 }
 
 /// Violation lines one row may add (so that every failing row gets a say within the cap).
