@@ -5,6 +5,8 @@
 //! Redis stopped and started, a latency spike, slow answers, hangs, 500 before and after
 //! charging, dropped answers, 429 — then lets recovery settle and runs the invariant checker,
 //! which must pass. It needs no PostgreSQL or Redis of the environment's: everything is its own.
+//! A second, tiny run goes through the real `booking-sim chaos` command (`target/debug/booking-sim`,
+//! also built by `scripts/test.sh`).
 //!
 //! A live `WatchEvents` subscriber is kept through the run (resuming after its last position
 //! whenever its stream breaks): its row, positions received against 1..max, must show no gap,
@@ -16,6 +18,7 @@ use booking_sim::{
     chaos::{self, ChaosConfig, FaultKind},
     checker::names,
 };
+use integration_tests::process::{booking_sim_binary, coordinator_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_chaos_run_with_every_fault_kind_passes_the_checker() {
@@ -91,5 +94,85 @@ async fn a_short_chaos_run_with_every_fault_kind_passes_the_checker() {
             .unwrap_or(0)
             > 0,
         "{summary}"
+    );
+}
+
+/// The real `booking-sim chaos` command, tiny: a few payments on two replicas of the real
+/// coordinator binary, one cheap fault (the simulator answering 500 before charging). It must
+/// exit 0 with progress lines on stderr and the summary, the checker's table and its verdict on
+/// stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chaos_command_runs_end_to_end() {
+    let output = tokio::process::Command::new(booking_sim_binary())
+        .args([
+            "chaos",
+            "--payments",
+            "24",
+            "--seed",
+            "11",
+            "--replicas",
+            "2",
+            "--concurrency",
+            "4",
+            "--faults",
+            "500-before",
+            "--payments-per-fault",
+            "10000",
+            "--min-gap-ms",
+            "200",
+            "--settle-timeout-secs",
+            "90",
+            "--progress-secs",
+            "1",
+        ])
+        .arg("--coordinator-bin")
+        .arg(coordinator_binary())
+        // Nothing of the caller's environment may point it at running services.
+        .env_remove("DATABASE_URL")
+        .env_remove("GATEWAY_URL")
+        .env_remove("COORDINATOR_BIN")
+        .env_remove("CHAOS_OPERATOR_KEYS")
+        .env_remove("CHAOS_REVIEWER_KEY")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run booking-sim chaos");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let both = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{both}");
+
+    for line in [
+        "seed 11: 24 payments",
+        "live feed subscriber: WatchEvents open",
+        "phase: racing operators and the fault schedule",
+        "payments 24/24 done",
+        "phase: waiting for recovery to settle",
+        "phase: invariant checker",
+        "phase: tearing down",
+    ] {
+        assert!(stderr.contains(line), "no progress line {line:?}:\n{both}");
+    }
+    assert!(stdout.contains("chaos run: seed 11, 24 payments"), "{both}");
+    assert!(stdout.contains("500-before"), "{both}");
+    for row in [
+        names::REQUESTED,
+        names::DOUBLE_CHARGES,
+        names::LOST_OUTCOMES,
+        names::FEED_GAPS,
+        names::LIVE_FEED,
+        names::TOLD_PAID_NOT_PAID,
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?}:\n{both}"));
+        if row != names::REQUESTED {
+            assert!(line.contains(" ok "), "{line}\n{both}");
+        }
+    }
+    assert!(
+        stdout.contains("result: OK, every invariant held"),
+        "{both}"
     );
 }
