@@ -26,6 +26,11 @@ pub struct LeaseHolder {
     pub started_at_ms: i64,
     /// The attempt number once the attempt is committed in PostgreSQL.
     pub attempt: Option<i32>,
+    /// The holder's own idempotency key (scoped by `operator_id`), so that a caller meeting a
+    /// lease can tell its own concurrent request (to be joined) from somebody else's (refused).
+    /// `None` in leases written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
 }
 
 impl LeaseHolder {
@@ -36,6 +41,7 @@ impl LeaseHolder {
             operator_id: "unknown".to_owned(),
             started_at_ms: 0,
             attempt: None,
+            request_key: None,
         }
     }
 }

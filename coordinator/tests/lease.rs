@@ -86,6 +86,7 @@ fn holder(replica: &str, operator: &str) -> LeaseHolder {
         operator_id: operator.to_owned(),
         started_at_ms: 1_700_000_000_000,
         attempt: None,
+        request_key: Some(format!("key-of-{operator}")),
     }
 }
 

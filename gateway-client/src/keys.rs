@@ -68,6 +68,14 @@ impl IdempotencyKey {
         Self::payment(order_id, attempt, PaymentStep::Cancel)
     }
 
+    /// The key of `step` split around the attempt number: `(before, after)`, so that
+    /// `before + number + after` is `payment(order_id, number, step)`. For a store that learns the
+    /// attempt number only inside the statement that records the attempt (it joins the three in
+    /// SQL), without writing the key's format a second time.
+    pub fn payment_around_attempt(order_id: &str, step: PaymentStep) -> (String, String) {
+        (format!("pay:{order_id}:"), format!(":{step}"))
+    }
+
     /// `refund:{order_id}:{refund_number}`.
     pub fn refund(order_id: &str, refund_number: u32) -> Self {
         Self {
@@ -101,6 +109,23 @@ impl AsRef<str> for IdempotencyKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_split_around_its_attempt_joins_back_to_the_key() {
+        for step in [
+            PaymentStep::Create,
+            PaymentStep::Confirm,
+            PaymentStep::Cancel,
+        ] {
+            let (before, after) = IdempotencyKey::payment_around_attempt("ord:7.x", step);
+            for attempt in [1, 2, 10, 4_000_000_000] {
+                assert_eq!(
+                    format!("{before}{attempt}{after}"),
+                    IdempotencyKey::payment("ord:7.x", attempt, step).as_str()
+                );
+            }
+        }
+    }
 
     #[test]
     fn payment_keys_depend_on_order_attempt_and_step_only() {

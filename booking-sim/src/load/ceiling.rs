@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use gateway_client::{Flow, IdempotencyKey};
+use gateway_client::{Flow, IdempotencyKey, PaymentStep};
 use rand::Rng;
 
 /// An order's columns as the coordinator reads them (`store/orders.rs`, `ORDER_COLUMNS`).
@@ -47,15 +47,6 @@ const ATTEMPT_COLUMNS: &str = "a.number, a.fence AS attempt_fence, a.operator_id
           'step', e.entry->>'step', 'message', e.entry->>'message') ORDER BY e.ord), '[]'::jsonb) \
       FROM jsonb_array_elements(a.errors) WITH ORDINALITY AS e(entry, ord)) AS errors_view, \
      a.started_at, a.finished_at, a.resolution, a.resolved_by, a.resolved_at, a.resolution_note";
-
-/// `store/attempts.rs`, `INSERT_EVENT`.
-const INSERT_EVENT: &str = "INSERT INTO events \
-     (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, currency) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
-/// `Store::find_request`, and the same caller's key looked up again under the order's lock.
-const FIND_REQUEST: &str = "SELECT order_id, number, fingerprint FROM attempts \
-     WHERE operator_id = $1 AND request_key = $2";
 
 /// How the coordinator opens a transaction (tokio-postgres' `Client::transaction`)...
 pub const BEGIN: &str = "START TRANSACTION";
@@ -86,10 +77,12 @@ pub enum Arg {
     /// The digest of the request (hex SHA-256).
     Fingerprint,
     Flow,
-    /// `pay:{order}:1:create`.
-    CreateKey,
-    /// `pay:{order}:1:confirm`.
-    ConfirmKey,
+    /// The gateway keys' text before the attempt number: `pay:{order}:`.
+    KeyBeforeAttempt,
+    /// The create key's text after the attempt number: `:create`.
+    CreateAfterAttempt,
+    /// The confirm key's text after the attempt number: `:confirm`.
+    ConfirmAfterAttempt,
     /// The ATTEMPT_STARTED event's detail: `replica {replica}, flow {flow}`.
     StartedDetail,
     /// The ATTEMPT_SUCCEEDED event's detail: `charged: {intent id}`.
@@ -133,8 +126,9 @@ impl Arg {
             Arg::ReplicaId => "replica_id".into(),
             Arg::Fingerprint => "fingerprint".into(),
             Arg::Flow => "flow".into(),
-            Arg::CreateKey => "create_key".into(),
-            Arg::ConfirmKey => "confirm_key".into(),
+            Arg::KeyBeforeAttempt => "key_before_attempt".into(),
+            Arg::CreateAfterAttempt => "create_after_attempt".into(),
+            Arg::ConfirmAfterAttempt => "confirm_after_attempt".into(),
             Arg::StartedDetail => "started_detail".into(),
             Arg::ChargedDetail => "charged_detail".into(),
             Arg::Attempt => "attempt".into(),
@@ -237,112 +231,75 @@ pub struct Transaction {
 }
 
 /// The transactions the coordinator commits for one successful payment of `flow` on a new order,
-/// called with `wait_for_outcome`, in order: the caller's key looked up (`find_request`), the
-/// attempt committed (`begin_attempt`), for `two_phase` the intent id recorded (`record_intent`),
-/// the outcome committed (`finish_attempt`), the answer read (`get_order`). Nothing else touches
+/// called with `wait_for_outcome`, in order: the attempt committed (`begin_attempt`, which also
+/// finds the caller's key if it is taken), for `two_phase` the intent id recorded
+/// (`record_intent`), the outcome committed (`finish_attempt`), the answer read (`get_order`).
+/// Each is one statement, committed on its own. Nothing else touches
 /// PostgreSQL on that path while the payment is shorter than a third of LEASE_TTL (then
 /// `heartbeat` beats); the feed's sequencer stamps the events afterwards, in batches shared by
 /// many payments, on a connection of its own.
 pub fn transactions(flow: Flow) -> Vec<Transaction> {
     use Arg::*;
-    let mut all = vec![
-        Transaction {
-            what: "find_request",
-            explicit: false,
-            statements: vec![Statement::new(FIND_REQUEST, &[OperatorId, RequestKey])],
-        },
-        Transaction {
-            what: "begin_attempt",
-            explicit: true,
-            statements: vec![
-                Statement::new(
-                    "INSERT INTO orders \
-                     (order_id, amount_minor, currency, customer_id, items, state, last_sequence) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1) \
-                     ON CONFLICT (order_id) DO NOTHING",
-                    &[
-                        OrderId,
-                        AmountMinor,
-                        Currency,
-                        CustomerId,
-                        Items,
-                        Name("PENDING"),
-                    ],
-                ),
-                Statement::new(
-                    INSERT_EVENT,
-                    &[
-                        OrderId,
-                        Sequence(1),
-                        Name("ORDER_CREATED"),
-                        Name("PENDING"),
-                        Null,
-                        OperatorId,
-                        Empty,
-                        AmountMinor,
-                        Currency,
-                    ],
-                ),
-                Statement::new(
-                    "SELECT amount_minor, currency, customer_id, state FROM orders \
-                     WHERE order_id = $1 FOR UPDATE",
-                    &[OrderId],
-                ),
-                Statement::new(FIND_REQUEST, &[OperatorId, RequestKey]),
-                Statement::new(
-                    format!(
-                        "UPDATE orders o SET fence = o.fence + 1, attempt_count = o.attempt_count + 1, \
-                         state = $2, last_sequence = o.last_sequence + 1, updated_at = now() \
-                         WHERE o.order_id = $1 RETURNING o.attempt_count, {ORDER_COLUMNS}"
-                    ),
-                    &[OrderId, Name("AWAITING_CONFIRMATION")],
-                ),
-                Statement::new(
-                    format!(
-                        "INSERT INTO attempts AS a \
-                         (order_id, number, fence, operator_id, replica_id, request_key, fingerprint, \
-                          payment_method, flow, outcome, gateway_create_key, gateway_confirm_key) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                         RETURNING {ATTEMPT_COLUMNS}"
-                    ),
-                    &[
-                        OrderId,
-                        Attempt,
-                        Fence,
-                        OperatorId,
-                        ReplicaId,
-                        RequestKey,
-                        Fingerprint,
-                        PaymentMethod,
-                        Arg::Flow,
-                        Name("IN_FLIGHT"),
-                        CreateKey,
-                        ConfirmKey,
-                    ],
-                ),
-                Statement::new(
-                    INSERT_EVENT,
-                    &[
-                        OrderId,
-                        Sequence(2),
-                        Name("ATTEMPT_STARTED"),
-                        Name("AWAITING_CONFIRMATION"),
-                        Attempt,
-                        OperatorId,
-                        StartedDetail,
-                        AmountMinor,
-                        Currency,
-                    ],
-                ),
-                Statement::new(
-                    format!(
-                        "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.order_id = $1 ORDER BY a.number"
-                    ),
-                    &[OrderId],
-                ),
+    let mut all = vec![Transaction {
+        what: "begin_attempt",
+        explicit: false,
+        statements: vec![Statement::new(
+            format!(
+                "WITH taken AS ( \
+                   INSERT INTO orders AS o \
+                     (order_id, amount_minor, currency, customer_id, items, state, fence, attempt_count, \
+                      last_sequence) \
+                   VALUES ($1, $2, $3, $4, $5, $6, 1, 1, 2) \
+                   ON CONFLICT (order_id) DO UPDATE SET fence = o.fence + 1, \
+                     attempt_count = o.attempt_count + 1, state = EXCLUDED.state, \
+                     last_sequence = o.last_sequence + 1, updated_at = now() \
+                   WHERE o.state = $7 AND o.amount_minor = EXCLUDED.amount_minor \
+                     AND o.currency = EXCLUDED.currency AND o.customer_id = EXCLUDED.customer_id \
+                   RETURNING o.attempt_count, {ORDER_COLUMNS}), \
+                 started AS ( \
+                   INSERT INTO attempts AS a \
+                     (order_id, number, fence, operator_id, replica_id, request_key, fingerprint, \
+                      payment_method, flow, outcome, gateway_create_key, gateway_confirm_key) \
+                   SELECT order_id, attempt_count, fence, $8, $9, $10, $11, $12, $13, $14, \
+                     $15::text || attempt_count::text || $16::text, \
+                     $15::text || attempt_count::text || $17::text \
+                   FROM taken \
+                   RETURNING {ATTEMPT_COLUMNS}), \
+                 logged AS ( \
+                   INSERT INTO events \
+                     (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, \
+                      currency) \
+                   SELECT order_id, 1, $18::text, $7::text, NULL::integer, $8::text, ''::text, \
+                     amount_minor, currency FROM taken WHERE attempt_count = 1 \
+                   UNION ALL \
+                   SELECT order_id, last_sequence, $19::text, $6::text, attempt_count, $8::text, \
+                     $20::text, amount_minor, currency FROM taken) \
+                 SELECT taken.*, started.* FROM taken, started"
+            ),
+            &[
+                OrderId,
+                AmountMinor,
+                Currency,
+                CustomerId,
+                Items,
+                Name("AWAITING_CONFIRMATION"),
+                Name("PENDING"),
+                OperatorId,
+                ReplicaId,
+                RequestKey,
+                Fingerprint,
+                PaymentMethod,
+                Arg::Flow,
+                Name("IN_FLIGHT"),
+                KeyBeforeAttempt,
+                CreateAfterAttempt,
+                ConfirmAfterAttempt,
+                Name("ORDER_CREATED"),
+                Name("ATTEMPT_STARTED"),
+                StartedDetail,
             ],
-        },
-    ];
+        )],
+    }];
     if flow == gateway_client::Flow::TwoPhase {
         all.push(Transaction {
             what: "record_intent",
@@ -357,44 +314,44 @@ pub fn transactions(flow: Flow) -> Vec<Transaction> {
     }
     all.push(Transaction {
         what: "finish_attempt",
-        explicit: true,
-        statements: vec![
-            Statement::new(
-                "SELECT amount_minor, currency FROM orders \
-                 WHERE order_id = $1 AND fence = $2 AND state = $3 FOR UPDATE",
-                &[OrderId, Fence, Name("AWAITING_CONFIRMATION")],
-            ),
-            Statement::new(
-                "SELECT outcome FROM attempts WHERE order_id = $1 AND number = $2 FOR UPDATE",
-                &[OrderId, Attempt],
-            ),
-            Statement::new(
-                "UPDATE attempts SET outcome = $3, \
-                 gateway_payment_id = coalesce($4, gateway_payment_id), \
-                 decline_code = $5, failure_message = $6, finished_at = now() \
-                 WHERE order_id = $1 AND number = $2 AND outcome = 'IN_FLIGHT'",
-                &[OrderId, Attempt, Name("SUCCEEDED"), IntentId, Null, Null],
-            ),
-            Statement::new(
-                "UPDATE orders SET state = $2, last_sequence = last_sequence + 1, \
-                 updated_at = now() WHERE order_id = $1 RETURNING last_sequence",
-                &[OrderId, Name("PAID")],
-            ),
-            Statement::new(
-                INSERT_EVENT,
-                &[
-                    OrderId,
-                    Sequence(3),
-                    Name("ATTEMPT_SUCCEEDED"),
-                    Name("PAID"),
-                    Attempt,
-                    OperatorId,
-                    ChargedDetail,
-                    AmountMinor,
-                    Currency,
-                ],
-            ),
-        ],
+        explicit: false,
+        statements: vec![Statement::new(
+            "WITH locked AS ( \
+               SELECT order_id FROM orders \
+               WHERE order_id = $1 AND fence = $2 AND state = $3 FOR UPDATE), \
+             finished AS ( \
+               UPDATE attempts a SET outcome = $5, \
+                 gateway_payment_id = coalesce($6, a.gateway_payment_id), \
+                 decline_code = $7, failure_message = $8, finished_at = now() \
+               FROM locked \
+               WHERE a.order_id = locked.order_id AND a.number = $4 \
+                 AND a.outcome = 'IN_FLIGHT' \
+               RETURNING a.order_id), \
+             moved AS ( \
+               UPDATE orders o SET state = $9, last_sequence = o.last_sequence + 1, \
+                 updated_at = now() \
+               FROM finished WHERE o.order_id = finished.order_id \
+               RETURNING o.order_id, o.last_sequence, o.amount_minor, o.currency) \
+             INSERT INTO events \
+               (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, \
+                currency) \
+             SELECT order_id, last_sequence, $10, $9, $4, $11, $12, amount_minor, currency \
+             FROM moved",
+            &[
+                OrderId,
+                Fence,
+                Name("AWAITING_CONFIRMATION"),
+                Attempt,
+                Name("SUCCEEDED"),
+                IntentId,
+                Null,
+                Null,
+                Name("PAID"),
+                Name("ATTEMPT_SUCCEEDED"),
+                OperatorId,
+                ChargedDetail,
+            ],
+        )],
     });
     all.push(Transaction {
         what: "get_order",
@@ -412,12 +369,12 @@ pub fn transactions(flow: Flow) -> Vec<Transaction> {
 }
 
 /// Transactions PostgreSQL commits per payment of `flow` (each counts in `pg_stat_database`'s
-/// `xact_commit`, the read-only ones too): 5 for `two_phase`, 4 for `one_shot`.
+/// `xact_commit`, the read-only ones too): 4 for `two_phase`, 3 for `one_shot`.
 pub fn commits_per_payment(flow: Flow) -> usize {
     transactions(flow).len()
 }
 
-/// Statements per payment of `flow`, BEGIN and COMMIT not counted: 16 for `two_phase`, 15 for
+/// Statements per payment of `flow`, BEGIN and COMMIT not counted: 4 for `two_phase`, 3 for
 /// `one_shot`.
 pub fn statements_per_payment(flow: Flow) -> usize {
     transactions(flow).iter().map(|t| t.statements.len()).sum()
@@ -477,12 +434,15 @@ impl Payment {
             Arg::ReplicaId => self.replica_id.clone(),
             Arg::Fingerprint => self.fingerprint.clone(),
             Arg::Flow => self.flow.as_str().to_owned(),
-            Arg::CreateKey => IdempotencyKey::create(&self.order_id, 1)
-                .as_str()
-                .to_owned(),
-            Arg::ConfirmKey => IdempotencyKey::confirm(&self.order_id, 1)
-                .as_str()
-                .to_owned(),
+            Arg::KeyBeforeAttempt => {
+                IdempotencyKey::payment_around_attempt(&self.order_id, PaymentStep::Create).0
+            }
+            Arg::CreateAfterAttempt => {
+                IdempotencyKey::payment_around_attempt(&self.order_id, PaymentStep::Create).1
+            }
+            Arg::ConfirmAfterAttempt => {
+                IdempotencyKey::payment_around_attempt(&self.order_id, PaymentStep::Confirm).1
+            }
             Arg::StartedDetail => format!("replica {}, flow {}", self.replica_id, self.flow),
             Arg::ChargedDetail => format!("charged: {}", self.intent_id),
             Arg::Attempt | Arg::Fence => "1".to_owned(),
@@ -934,10 +894,10 @@ mod tests {
 
     #[test]
     fn the_flows_differ_by_the_intent_commit() {
-        assert_eq!(commits_per_payment(Flow::TwoPhase), 5);
-        assert_eq!(commits_per_payment(Flow::OneShot), 4);
-        assert_eq!(statements_per_payment(Flow::TwoPhase), 16);
-        assert_eq!(statements_per_payment(Flow::OneShot), 15);
+        assert_eq!(commits_per_payment(Flow::TwoPhase), 4);
+        assert_eq!(commits_per_payment(Flow::OneShot), 3);
+        assert_eq!(statements_per_payment(Flow::TwoPhase), 4);
+        assert_eq!(statements_per_payment(Flow::OneShot), 3);
     }
 
     #[test]

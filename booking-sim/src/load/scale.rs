@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gateway_client::IdempotencyKey;
 use tokio_postgres::NoTls;
 
 use super::{
@@ -158,8 +159,8 @@ async fn populate_with(
                 &p.fingerprint,
                 &p.payment_method,
                 &value(Arg::Flow),
-                &value(Arg::CreateKey),
-                &value(Arg::ConfirmKey),
+                &IdempotencyKey::create(&p.order_id, 1).as_str(),
+                &IdempotencyKey::confirm(&p.order_id, 1).as_str(),
                 &p.intent_id,
                 &last,
                 &true,

@@ -2,11 +2,16 @@
 //!
 //! 1. The caller's own earlier request (same idempotency key) is joined before any refusal, so a
 //!    caller retrying after a lost answer never gets `PAYMENT_IN_PROGRESS` for its own attempt.
-//! 2. A Redis lease refuses concurrent callers at once, naming the holder, without touching
-//!    PostgreSQL or the gateway. It is only an early refusal: correctness rests on step 3.
-//! 3. One PostgreSQL transaction creates or checks the order, refuses unless it is payable, bumps
-//!    the order's fencing token and commits the attempt `IN_FLIGHT` with its event: the lock of
-//!    record. Two callers that both got past Redis still cannot both commit an attempt.
+//!    On the happy path this costs nothing of its own: the attempt's commit finds a taken key
+//!    (step 3). Every refusal before that commit looks the key up first.
+//! 2. A Redis lease refuses concurrent callers at once, naming the holder, without a database
+//!    write or the gateway: a lease taken by another request within the last second is believed;
+//!    an older one, or one that may be this caller's own request, is checked against PostgreSQL.
+//!    It is only an early refusal: correctness rests on step 3.
+//! 3. One PostgreSQL statement creates or takes the order only if it is payable and matches the
+//!    request, bumps the order's fencing token and commits the attempt `IN_FLIGHT` with its
+//!    events: the lock of record. Two callers that both got past Redis still cannot both commit
+//!    an attempt.
 //! 4. Only then the gateway call, in a server-owned task (see `attempt.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +35,11 @@ use crate::{
 
 /// Longest a `wait_for_outcome` call waits when the caller set no deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// How long after it was taken a lease is believed without asking PostgreSQL: long enough for
+/// its holder to commit the attempt (normally milliseconds), short enough that a lease that
+/// outlived its attempt (a holder that died, a release lost) misleads callers for at most this.
+const LEASE_BELIEVED: Duration = Duration::from_secs(1);
 
 impl Coordinator {
     pub(super) async fn process_payment_impl(
@@ -56,25 +66,28 @@ impl Coordinator {
     ) -> Result<Response<pb::ProcessPaymentResponse>, Error> {
         let fingerprint = req.fingerprint();
 
-        // 1. The caller's own request, in flight or finished: join it.
-        if let Some(joined) = self.join_existing(&caller, &req, &fingerprint).await? {
-            return self
-                .respond(joined, req.wait_for_outcome, wait_until, true)
-                .await;
-        }
-
         // A replica shutting down starts no new attempt (its grace period is for the attempts
-        // already in flight); the caller's own attempt could still be joined above. Admitted,
-        // the attempt counts in the shutdown's drain from here on.
+        // already in flight), but the caller's own attempt is still joined. Admitted, the attempt
+        // counts in the shutdown's drain from here on.
         let Some(admitted) = self.runner.drain.admit(&self.runner.stopping) else {
-            return Err(Error::ShuttingDown);
+            return self
+                .join_or_refuse(caller, req, &fingerprint, wait_until, Error::ShuttingDown)
+                .await;
         };
 
         // Paused (by an admin, or the gateway circuit breaker is open)? Refused before the
         // lease: nothing written, no gateway call. Decided from this replica's cached copy of
         // the shared state, without a database round trip unless the breaker wants a probe.
         // Attempts already in flight are not affected.
-        let admission = self.runner.gate.admit().await?;
+        let admission = match self.runner.gate.admit().await {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                drop(admitted);
+                return self
+                    .join_or_refuse(caller, req, &fingerprint, wait_until, refusal)
+                    .await;
+            }
+        };
 
         // 2.–4. Lease, attempt commit and gateway flow run in a task the server owns, so a
         //    caller whose deadline passes or who disconnects can never leave a committed attempt
@@ -159,12 +172,10 @@ impl Coordinator {
             Ok(Begin::Started { order, attempt }) => (order, attempt),
             Ok(Begin::Refused(refusal)) => {
                 // Another attempt committed first (its caller got past a lease that was not yet
-                // ours): keep this lease until it expires, so that later callers are refused by
-                // Redis, not by a PostgreSQL transaction each. A busy lease is always checked
-                // against PostgreSQL, so it can never block the order beyond its attempt.
-                if !matches!(refusal, BeginRefusal::InProgress { .. }) {
-                    release(&lease).await;
-                }
+                // ours, e.g. after it expired) or the order is not payable: let go at once. Kept,
+                // this lease would be believed by later callers, naming this refused caller as
+                // the holder.
+                release(&lease).await;
                 let _ = answer.send(Err(refused(&new.order_id, refusal)));
                 return;
             }
@@ -243,6 +254,7 @@ impl Coordinator {
             operator_id: new.operator_id.clone(),
             started_at_ms: unix_ms(SystemTime::now()),
             attempt: None,
+            request_key: Some(new.request_key.clone()),
         };
         let busy = match leases.acquire(&new.order_id, holder).await {
             Ok(Acquire::Held(lease)) => return Ok(Some(lease)),
@@ -254,25 +266,46 @@ impl Coordinator {
                 return Ok(None);
             }
         };
-        // The holder may be this caller's own request with the same key, committed meanwhile.
-        if busy.operator_id == new.operator_id {
-            match self
-                .store
-                .find_request(&new.operator_id, &new.request_key)
-                .await
-            {
-                Ok(Some((order_id, attempt, fingerprint))) => {
-                    return Err(
-                        if fingerprint == new.fingerprint && order_id == new.order_id {
-                            Ok(Started::Joined((order_id, attempt)))
-                        } else {
-                            Err(Error::IdempotencyKeyReused)
-                        },
-                    );
-                }
-                Ok(None) => {}
-                Err(error) => return Err(Err(error.into())),
+        // The caller's own request with this key (in flight, or finished earlier) is joined
+        // before any refusal.
+        match self
+            .store
+            .find_request(&new.operator_id, &new.request_key)
+            .await
+        {
+            Ok(Some((order_id, attempt, fingerprint))) => {
+                return Err(
+                    if fingerprint == new.fingerprint && order_id == new.order_id {
+                        Ok(Started::Joined((order_id, attempt)))
+                    } else {
+                        Err(Error::IdempotencyKeyReused)
+                    },
+                );
             }
+            Ok(None) => {}
+            Err(error) => return Err(Err(error.into())),
+        }
+        // A lease taken a moment ago by somebody else's request is believed: its holder is
+        // committing (or has just committed) its attempt, and the refusal costs no further read,
+        // which keeps a crowd racing for one order cheap. An older lease may have outlived its
+        // attempt (a holder that died, a release lost), and one that may be this caller's own
+        // concurrent request must be joined, not refused: PostgreSQL decides those.
+        let age = Duration::from_millis(
+            u64::try_from(unix_ms(SystemTime::now()).saturating_sub(busy.started_at_ms))
+                .unwrap_or(0),
+        );
+        let maybe_own = busy.operator_id == new.operator_id
+            && busy
+                .request_key
+                .as_deref()
+                .is_none_or(|key| key == new.request_key);
+        if !maybe_own && age < LEASE_BELIEVED {
+            return Err(Err(Error::PaymentInProgress {
+                attempt: busy.attempt.unwrap_or(0),
+                operator_id: busy.operator_id,
+                started_at: UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(busy.started_at_ms).unwrap_or(0)),
+            }));
         }
         // Refuse with what PostgreSQL, the lock of record, says about the order.
         let order = match self.store.get_order(&new.order_id).await {
@@ -319,6 +352,25 @@ impl Coordinator {
             OrderState::Refunded => Err(Err(Error::Refunded { order_id })),
             OrderState::ManualReview => Err(Err(Error::InManualReview { order_id })),
             OrderState::Pending => Ok(None),
+        }
+    }
+
+    /// Refuses with `refusal`, unless the caller's own earlier request with this key exists: then
+    /// it is joined (or `IDEMPOTENCY_KEY_REUSED`), as if nothing stood in the way.
+    async fn join_or_refuse(
+        &self,
+        caller: Caller,
+        req: PaymentRequest,
+        fingerprint: &str,
+        wait_until: tokio::time::Instant,
+        refusal: Error,
+    ) -> Result<Response<pb::ProcessPaymentResponse>, Error> {
+        match self.join_existing(&caller, &req, fingerprint).await? {
+            Some(joined) => {
+                self.respond(joined, req.wait_for_outcome, wait_until, true)
+                    .await
+            }
+            None => Err(refusal),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Starting attempts and the fenced writes about them.
 
-use gateway_client::IdempotencyKey;
+use gateway_client::{IdempotencyKey, PaymentStep};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 
@@ -22,12 +22,61 @@ pub(super) const INSERT_EVENT: &str = "INSERT INTO events \
      (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, currency) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
+/// How many times `begin_attempt` takes an order that a refusal read found payable again.
+const BEGIN_TRIES: usize = 3;
+
+/// `begin_attempt`'s one statement. On a new order it inserts the order already taken (fence 1,
+/// attempt 1, `AWAITING_CONFIRMATION`); on a known one, `ON CONFLICT DO UPDATE ... WHERE` takes
+/// the row lock, and only a payable order matching the request is taken (otherwise no row comes
+/// back and nothing is written). The attempt and its events come from the taken row, so they are
+/// written exactly when it is: `ORDER_CREATED` only for an order this statement created (its first
+/// attempt: an order row is only ever created with one). The gateway keys are joined around the
+/// attempt number, known only here (`IdempotencyKey::payment_around_attempt`). A caller's key
+/// already used makes the attempt's insert fail on its unique constraint: the whole statement
+/// writes nothing.
+pub(crate) fn begin_sql() -> String {
+    format!(
+        "WITH taken AS ( \
+           INSERT INTO orders AS o \
+             (order_id, amount_minor, currency, customer_id, items, state, fence, attempt_count, \
+              last_sequence) \
+           VALUES ($1, $2, $3, $4, $5, $6, 1, 1, 2) \
+           ON CONFLICT (order_id) DO UPDATE SET fence = o.fence + 1, \
+             attempt_count = o.attempt_count + 1, state = EXCLUDED.state, \
+             last_sequence = o.last_sequence + 1, updated_at = now() \
+           WHERE o.state = $7 AND o.amount_minor = EXCLUDED.amount_minor \
+             AND o.currency = EXCLUDED.currency AND o.customer_id = EXCLUDED.customer_id \
+           RETURNING o.attempt_count, {ORDER_COLUMNS}), \
+         started AS ( \
+           INSERT INTO attempts AS a \
+             (order_id, number, fence, operator_id, replica_id, request_key, fingerprint, \
+              payment_method, flow, outcome, gateway_create_key, gateway_confirm_key) \
+           SELECT order_id, attempt_count, fence, $8, $9, $10, $11, $12, $13, $14, \
+             $15::text || attempt_count::text || $16::text, \
+             $15::text || attempt_count::text || $17::text \
+           FROM taken \
+           RETURNING {ATTEMPT_COLUMNS}), \
+         logged AS ( \
+           INSERT INTO events \
+             (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, \
+              currency) \
+           SELECT order_id, 1, $18::text, $7::text, NULL::integer, $8::text, ''::text, \
+             amount_minor, currency FROM taken WHERE attempt_count = 1 \
+           UNION ALL \
+           SELECT order_id, last_sequence, $19::text, $6::text, attempt_count, $8::text, \
+             $20::text, amount_minor, currency FROM taken) \
+         SELECT taken.*, started.* FROM taken, started"
+    )
+}
+
 impl Store {
-    /// Starts an attempt, in ONE transaction: creates the order on first sight, checks it against
-    /// the request, asks the state machine whether an attempt may start, bumps the order's fence and
-    /// commits the attempt `IN_FLIGHT` with its events. Only after this commits may the gateway be
-    /// called (CONTRACT §1.4). The order's row lock and fence make this the lock of record: however
-    /// many callers get past Redis, only one commits an attempt.
+    /// Starts an attempt in ONE statement (one round trip, its own transaction): creates the
+    /// order on first sight or takes it if it is payable and matches the request, bumps its fence,
+    /// and commits the attempt `IN_FLIGHT` with its events. Only after this commits may the gateway
+    /// be called (CONTRACT §1.4). The order's row lock and fence make this the lock of record:
+    /// however many callers get past Redis, only one commits an attempt. When nothing was written,
+    /// a second read says why ([`Store::why_not_started`]); a caller's own key, already taken,
+    /// is found there too.
     #[tracing::instrument(
         name = "pg.begin_attempt",
         target = TRACE_ONLY,
@@ -40,239 +89,150 @@ impl Store {
         )
     )]
     pub async fn begin_attempt(&self, new: &NewAttempt) -> Result<Begin, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-
-        // 1. First sight: create the order and its ORDER_CREATED event (sequence 1).
-        let insert_order = tx
-            .prepare_cached(
-                "INSERT INTO orders \
-                 (order_id, amount_minor, currency, customer_id, items, state, last_sequence) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 1) \
-                 ON CONFLICT (order_id) DO NOTHING",
-            )
-            .await?;
-        let created = tx
-            .execute(
-                &insert_order,
-                &[
-                    &new.order_id,
-                    &new.amount_minor,
-                    &new.currency,
-                    &new.customer_id,
-                    &Json(&new.items),
-                    &OrderState::Pending.as_str(),
-                ],
-            )
-            .await?
-            == 1;
-        let insert_event = tx.prepare_cached(INSERT_EVENT).await?;
-        if created {
-            tx.execute(
-                &insert_event,
-                &[
-                    &new.order_id,
-                    &1_i64,
-                    &EventKind::OrderCreated.as_str(),
-                    &OrderState::Pending.as_str(),
-                    &None::<i32>,
-                    &new.operator_id,
-                    &"",
-                    &Some(new.amount_minor),
-                    &Some(new.currency.as_str()),
-                ],
-            )
-            .await?;
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&begin_sql()).await?;
+        let (key_before, create_after) =
+            IdempotencyKey::payment_around_attempt(&new.order_id, PaymentStep::Create);
+        let (_, confirm_after) =
+            IdempotencyKey::payment_around_attempt(&new.order_id, PaymentStep::Confirm);
+        let detail = format!("replica {}, flow {}", new.replica_id, new.flow.as_str());
+        // A refusal read a moment after a failed take can find the order payable again (its
+        // attempt finished in between): take it again, a bounded number of times.
+        for _ in 0..BEGIN_TRIES {
+            let taken = client
+                .query_opt(
+                    &statement,
+                    &[
+                        &new.order_id,
+                        &new.amount_minor,
+                        &new.currency,
+                        &new.customer_id,
+                        &Json(&new.items),
+                        &OrderState::AwaitingConfirmation.as_str(),
+                        &OrderState::Pending.as_str(),
+                        &new.operator_id,
+                        &new.replica_id,
+                        &new.request_key,
+                        &new.fingerprint,
+                        &new.payment_method,
+                        &new.flow.as_str(),
+                        &AttemptOutcome::InFlight.as_str(),
+                        &key_before,
+                        &create_after,
+                        &confirm_after,
+                        &EventKind::OrderCreated.as_str(),
+                        &event_for(AttemptOutcome::InFlight).as_str(),
+                        &detail,
+                    ],
+                )
+                .await;
+            let why_not = match taken {
+                Ok(Some(row)) => {
+                    let order = order_from_row(&row)?;
+                    let attempt = attempt_from_row(&row)?;
+                    tracing::Span::current().record("attempt", attempt.number);
+                    tracing::info!(
+                        order_id = %new.order_id,
+                        attempt = attempt.number,
+                        fence = order.fence,
+                        operator_id = %new.operator_id,
+                        "attempt started"
+                    );
+                    return Ok(Begin::Started { order, attempt });
+                }
+                // Not payable, or not this request's order: nothing written.
+                Ok(None) => self.why_not_started(&client, new).await?,
+                // The caller's key is taken (a concurrent same-key request won, or the key was
+                // used on another order): nothing written; joined or refused below.
+                Err(error) if is_request_key_violation(&error) => {
+                    self.why_not_started(&client, new).await?
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if let Some(answer) = why_not {
+                return Ok(answer);
+            }
         }
+        Err(StoreError::Other(format!(
+            "order {} changed under {BEGIN_TRIES} attempts to start a payment",
+            new.order_id
+        )))
+    }
 
-        // 2. Lock the order: every begin and finish on this order queues here.
-        let lock = tx
+    /// Why `begin_attempt` wrote nothing, in one read: the caller's key already taken (join or
+    /// reuse), the order not matching the request, or the state machine's refusal. `None` if the
+    /// order is payable now after all (try again).
+    async fn why_not_started(
+        &self,
+        client: &deadpool_postgres::Object,
+        new: &NewAttempt,
+    ) -> Result<Option<Begin>, StoreError> {
+        let statement = client
             .prepare_cached(
-                "SELECT amount_minor, currency, customer_id, state FROM orders \
-                 WHERE order_id = $1 FOR UPDATE",
+                "SELECT k.order_id AS key_order_id, k.number AS key_number, \
+                        k.fingerprint AS key_fingerprint, \
+                        o.amount_minor, o.currency, o.customer_id, o.state, \
+                        h.number AS holder_number, h.operator_id AS holder_operator_id, \
+                        h.started_at AS holder_started_at \
+                 FROM (VALUES (1)) AS one (x) \
+                 LEFT JOIN attempts k ON k.operator_id = $2 AND k.request_key = $3 \
+                 LEFT JOIN orders o ON o.order_id = $1 \
+                 LEFT JOIN LATERAL (SELECT number, operator_id, started_at FROM attempts \
+                     WHERE order_id = $1 \
+                     ORDER BY (outcome = 'IN_FLIGHT') DESC, number DESC LIMIT 1) h ON true",
             )
             .await?;
-        let Some(locked) = tx.query_opt(&lock, &[&new.order_id]).await? else {
-            return Err(StoreError::Other(format!(
-                "order {} vanished after insert",
-                new.order_id
-            )));
+        let row = client
+            .query_one(
+                &statement,
+                &[&new.order_id, &new.operator_id, &new.request_key],
+            )
+            .await?;
+        if let Some(order_id) = column::<Option<String>>(&row, "key_order_id")? {
+            return Ok(Some(Begin::KeyTaken {
+                order_id,
+                attempt: column(&row, "key_number")?,
+                fingerprint: column(&row, "key_fingerprint")?,
+            }));
+        }
+        let Some(state) = column::<Option<&str>>(&row, "state")? else {
+            // No order and no key: a concurrent request with this key rolled back. Try again.
+            return Ok(None);
         };
-
-        // 3. The same caller's key on an attempt committed meanwhile (a concurrent same-key request
-        // won the race): join it rather than refuse. Checked under the lock, so it sees that commit.
-        let find_key = tx
-            .prepare_cached(
-                "SELECT order_id, number, fingerprint FROM attempts \
-                 WHERE operator_id = $1 AND request_key = $2",
-            )
-            .await?;
-        if let Some(row) = tx
-            .query_opt(&find_key, &[&new.operator_id, &new.request_key])
-            .await?
-        {
-            let taken = key_taken(&row)?;
-            tx.rollback().await?;
-            return Ok(taken);
-        }
-
-        // 4. The request must describe the recorded order.
+        // The request must describe the recorded order.
         let mut fields = Vec::new();
-        if column::<i64>(&locked, "amount_minor")? != new.amount_minor {
+        if column::<Option<i64>>(&row, "amount_minor")? != Some(new.amount_minor) {
             fields.push("amount");
         }
-        if column::<&str>(&locked, "currency")? != new.currency {
+        if column::<Option<&str>>(&row, "currency")? != Some(new.currency.as_str()) {
             fields.push("currency");
         }
-        if column::<&str>(&locked, "customer_id")? != new.customer_id {
+        if column::<Option<&str>>(&row, "customer_id")? != Some(new.customer_id.as_str()) {
             fields.push("customer_id");
         }
         if !fields.is_empty() {
-            tx.rollback().await?;
-            return Ok(Begin::Refused(BeginRefusal::Mismatch { fields }));
+            return Ok(Some(Begin::Refused(BeginRefusal::Mismatch { fields })));
         }
-
-        // 5. The state machine decides.
-        let state = OrderState::from_stored(column(&locked, "state")?)?;
-        if let Err(refusal) = may_start_attempt(state) {
-            let refusal = match refusal {
-                StartRefusal::AlreadyPaid => BeginRefusal::AlreadyPaid,
-                StartRefusal::InManualReview => BeginRefusal::InManualReview,
-                StartRefusal::Refunded => BeginRefusal::Refunded,
-                StartRefusal::InProgress => {
-                    let holder = tx
-                        .prepare_cached(
-                            "SELECT number, operator_id, started_at FROM attempts \
-                             WHERE order_id = $1 \
-                             ORDER BY (outcome = 'IN_FLIGHT') DESC, number DESC LIMIT 1",
-                        )
-                        .await?;
-                    let Some(row) = tx.query_opt(&holder, &[&new.order_id]).await? else {
-                        return Err(StoreError::Corrupt(format!(
-                            "order {} awaits confirmation without any attempt",
-                            new.order_id
-                        )));
-                    };
-                    BeginRefusal::InProgress {
-                        attempt: column(&row, "number")?,
-                        operator_id: column(&row, "operator_id")?,
-                        started_at: column(&row, "started_at")?,
-                    }
-                }
-            };
-            tx.rollback().await?;
-            return Ok(Begin::Refused(refusal));
-        }
-
-        // 6. Take the order: bump the fence, count the attempt, lock the state, reserve the event.
-        let take = tx
-            .prepare_cached(&format!(
-                "UPDATE orders o SET fence = o.fence + 1, attempt_count = o.attempt_count + 1, \
-                 state = $2, last_sequence = o.last_sequence + 1, updated_at = now() \
-                 WHERE o.order_id = $1 RETURNING o.attempt_count, {ORDER_COLUMNS}"
-            ))
-            .await?;
-        let taken = tx
-            .query_one(
-                &take,
-                &[&new.order_id, &OrderState::AwaitingConfirmation.as_str()],
-            )
-            .await?;
-        let mut order = order_from_row(&taken)?;
-        let number: i32 = column(&taken, "attempt_count")?;
-        let key_number = u32::try_from(number)
-            .map_err(|_| StoreError::Corrupt(format!("attempt number {number}")))?;
-        // Known only now (the order's count decides it).
-        tracing::Span::current().record("attempt", number);
-
-        // 7. The attempt itself, with the gateway keys every replica derives alike.
-        let insert_attempt = tx
-            .prepare_cached(&format!(
-                "INSERT INTO attempts AS a \
-                 (order_id, number, fence, operator_id, replica_id, request_key, fingerprint, \
-                  payment_method, flow, outcome, gateway_create_key, gateway_confirm_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 RETURNING {ATTEMPT_COLUMNS}"
-            ))
-            .await?;
-        let inserted = tx
-            .query_one(
-                &insert_attempt,
-                &[
-                    &new.order_id,
-                    &number,
-                    &order.fence,
-                    &new.operator_id,
-                    &new.replica_id,
-                    &new.request_key,
-                    &new.fingerprint,
-                    &new.payment_method,
-                    &new.flow.as_str(),
-                    &AttemptOutcome::InFlight.as_str(),
-                    &IdempotencyKey::create(&new.order_id, key_number).as_str(),
-                    &IdempotencyKey::confirm(&new.order_id, key_number).as_str(),
-                ],
-            )
-            .await;
-        let attempt = match inserted {
-            Ok(row) => attempt_from_row(&row)?,
-            Err(error) if is_request_key_violation(&error) => {
-                // The same key on another order, committed meanwhile: the caller joins that one.
-                tx.rollback().await?;
-                return match self
-                    .find_request(&new.operator_id, &new.request_key)
-                    .await?
-                {
-                    Some((order_id, attempt, fingerprint)) => Ok(Begin::KeyTaken {
-                        order_id,
-                        attempt,
-                        fingerprint,
-                    }),
-                    None => Err(StoreError::Other(format!(
-                        "request key of operator {} conflicted but is not found",
-                        new.operator_id
-                    ))),
+        let refusal = match may_start_attempt(OrderState::from_stored(state)?) {
+            Ok(()) => return Ok(None),
+            Err(StartRefusal::AlreadyPaid) => BeginRefusal::AlreadyPaid,
+            Err(StartRefusal::InManualReview) => BeginRefusal::InManualReview,
+            Err(StartRefusal::Refunded) => BeginRefusal::Refunded,
+            Err(StartRefusal::InProgress) => {
+                let Some(attempt) = column::<Option<i32>>(&row, "holder_number")? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "order {} awaits confirmation without any attempt",
+                        new.order_id
+                    )));
                 };
+                BeginRefusal::InProgress {
+                    attempt,
+                    operator_id: column(&row, "holder_operator_id")?,
+                    started_at: column(&row, "holder_started_at")?,
+                }
             }
-            Err(error) => return Err(error.into()),
         };
-
-        tx.execute(
-            &insert_event,
-            &[
-                &new.order_id,
-                &order.last_sequence,
-                &event_for(AttemptOutcome::InFlight).as_str(),
-                &order_state_after(AttemptOutcome::InFlight).as_str(),
-                &Some(number),
-                &new.operator_id,
-                &format!("replica {}, flow {}", new.replica_id, new.flow.as_str()),
-                &Some(new.amount_minor),
-                &Some(new.currency.as_str()),
-            ],
-        )
-        .await?;
-        let all_attempts = tx
-            .prepare_cached(&format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.order_id = $1 ORDER BY a.number"
-            ))
-            .await?;
-        order.attempts = tx
-            .query(&all_attempts, &[&new.order_id])
-            .await?
-            .iter()
-            .map(attempt_from_row)
-            .collect::<Result<_, _>>()?;
-        tx.commit().await?;
-
-        tracing::info!(
-            order_id = %new.order_id,
-            attempt = number,
-            fence = order.fence,
-            operator_id = %new.operator_id,
-            "attempt started"
-        );
-        Ok(Begin::Started { order, attempt })
+        Ok(Some(Begin::Refused(refusal)))
     }
 
     /// Records the gateway's PaymentIntent id on the attempt, if the fence still holds.
@@ -571,47 +531,11 @@ impl Store {
         actor: &str,
     ) -> Result<Fenced, StoreError> {
         let outcome = finish.outcome();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-
-        let lock = tx
-            .prepare_cached(
-                "SELECT amount_minor, currency FROM orders \
-                 WHERE order_id = $1 AND fence = $2 AND state = $3 FOR UPDATE",
-            )
-            .await?;
-        let Some(order) = tx
-            .query_opt(
-                &lock,
-                &[
-                    &fence.order_id,
-                    &fence.token,
-                    &OrderState::AwaitingConfirmation.as_str(),
-                ],
-            )
-            .await?
-        else {
-            tx.rollback().await?;
-            return Ok(fenced(0, fence, "finish_attempt"));
-        };
-
-        let current = tx
-            .prepare_cached(
-                "SELECT outcome FROM attempts WHERE order_id = $1 AND number = $2 FOR UPDATE",
-            )
-            .await?;
-        let current = match tx
-            .query_opt(&current, &[&fence.order_id, &fence.attempt])
-            .await?
-        {
-            Some(row) => Some(AttemptOutcome::from_stored(column(&row, "outcome")?)?),
-            None => None,
-        };
-        if !current.is_some_and(|current| may_finish(current, outcome)) {
-            tx.rollback().await?;
-            return Ok(fenced(0, fence, "finish_attempt"));
+        if !may_finish(AttemptOutcome::InFlight, outcome) {
+            return Err(StoreError::Other(format!(
+                "{outcome} is not an outcome an attempt in flight may finish with"
+            )));
         }
-
         let (intent_id, decline_code, message) = match finish {
             Finish::Succeeded { intent_id } => (Some(intent_id.as_str()), None, None),
             Finish::Declined {
@@ -628,44 +552,6 @@ impl Store {
             }
             Finish::Unknown { reason, .. } => (None, None, Some(reason.as_str())),
         };
-        let update_attempt = tx
-            .prepare_cached(
-                "UPDATE attempts SET outcome = $3, \
-                 gateway_payment_id = coalesce($4, gateway_payment_id), \
-                 decline_code = $5, failure_message = $6, finished_at = now() \
-                 WHERE order_id = $1 AND number = $2 AND outcome = 'IN_FLIGHT'",
-            )
-            .await?;
-        let updated = tx
-            .execute(
-                &update_attempt,
-                &[
-                    &fence.order_id,
-                    &fence.attempt,
-                    &outcome.as_str(),
-                    &intent_id,
-                    &decline_code,
-                    &message,
-                ],
-            )
-            .await?;
-        if updated != 1 {
-            tx.rollback().await?;
-            return Ok(fenced(0, fence, "finish_attempt"));
-        }
-
-        let state = order_state_after(outcome);
-        let update_order = tx
-            .prepare_cached(
-                "UPDATE orders SET state = $2, last_sequence = last_sequence + 1, \
-                 updated_at = now() WHERE order_id = $1 RETURNING last_sequence",
-            )
-            .await?;
-        let row = tx
-            .query_one(&update_order, &[&fence.order_id, &state.as_str()])
-            .await?;
-        let sequence: i64 = column(&row, "last_sequence")?;
-
         let detail = match finish {
             Finish::Succeeded { intent_id } => format!("charged: {intent_id}"),
             Finish::Declined {
@@ -679,25 +565,60 @@ impl Store {
             ),
             Finish::Unknown { reason, .. } => format!("outcome unknown, manual review: {reason}"),
         };
-        let amount: i64 = column(&order, "amount_minor")?;
-        let currency: String = column(&order, "currency")?;
-        let insert_event = tx.prepare_cached(INSERT_EVENT).await?;
-        tx.execute(
-            &insert_event,
-            &[
-                &fence.order_id,
-                &sequence,
-                &event_for(outcome).as_str(),
-                &state.as_str(),
-                &Some(fence.attempt),
-                &actor,
-                &detail,
-                &Some(amount),
-                &Some(currency),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
+        let state = order_state_after(outcome);
+
+        // One statement, one round trip, its own transaction. `locked` takes the order's row lock
+        // only if the fence still holds and the order still awaits this attempt (rechecked on the
+        // newest row version once a concurrent writer commits); the attempt is updated only if it
+        // is still in flight, and the order and its event only if the attempt was: all or nothing.
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH locked AS ( \
+                   SELECT order_id FROM orders \
+                   WHERE order_id = $1 AND fence = $2 AND state = $3 FOR UPDATE), \
+                 finished AS ( \
+                   UPDATE attempts a SET outcome = $5, \
+                     gateway_payment_id = coalesce($6, a.gateway_payment_id), \
+                     decline_code = $7, failure_message = $8, finished_at = now() \
+                   FROM locked \
+                   WHERE a.order_id = locked.order_id AND a.number = $4 \
+                     AND a.outcome = 'IN_FLIGHT' \
+                   RETURNING a.order_id), \
+                 moved AS ( \
+                   UPDATE orders o SET state = $9, last_sequence = o.last_sequence + 1, \
+                     updated_at = now() \
+                   FROM finished WHERE o.order_id = finished.order_id \
+                   RETURNING o.order_id, o.last_sequence, o.amount_minor, o.currency) \
+                 INSERT INTO events \
+                   (order_id, sequence, kind, state, attempt_number, actor, detail, amount_minor, \
+                    currency) \
+                 SELECT order_id, last_sequence, $10, $9, $4, $11, $12, amount_minor, currency \
+                 FROM moved",
+            )
+            .await?;
+        let written = client
+            .execute(
+                &statement,
+                &[
+                    &fence.order_id,
+                    &fence.token,
+                    &OrderState::AwaitingConfirmation.as_str(),
+                    &fence.attempt,
+                    &outcome.as_str(),
+                    &intent_id,
+                    &decline_code,
+                    &message,
+                    &state.as_str(),
+                    &event_for(outcome).as_str(),
+                    &actor,
+                    &detail,
+                ],
+            )
+            .await?;
+        if written != 1 {
+            return Ok(fenced(0, fence, "finish_attempt"));
+        }
 
         tracing::info!(
             order_id = %fence.order_id,
@@ -708,14 +629,6 @@ impl Store {
         );
         Ok(Fenced::Applied)
     }
-}
-
-fn key_taken(row: &tokio_postgres::Row) -> Result<Begin, StoreError> {
-    Ok(Begin::KeyTaken {
-        order_id: column(row, "order_id")?,
-        attempt: column(row, "number")?,
-        fingerprint: column(row, "fingerprint")?,
-    })
 }
 
 fn is_request_key_violation(error: &tokio_postgres::Error) -> bool {

@@ -41,7 +41,9 @@ pub struct NewAttempt {
 )]
 pub enum Begin {
     /// The attempt is committed (`IN_FLIGHT`, order `AWAITING_CONFIRMATION`, fence bumped): the
-    /// caller may now call the gateway, with `Fence::of(&order, &attempt)`.
+    /// caller may now call the gateway, with `Fence::of(&order, &attempt)`. `order` is the row
+    /// as the commit left it, without its attempts (`attempts` is empty: no other attempt is read
+    /// on this path; `get_order` has them all).
     Started {
         order: OrderRecord,
         attempt: AttemptRecord,
