@@ -515,3 +515,99 @@ async fn each_corruption_fails_its_row_and_the_cli_exits_non_zero() {
     drop(sql);
     env.cleanup().await;
 }
+
+/// The rows a driver adds from what its callers saw (the chaos run's): a real `WatchEvents`
+/// stream from the start against the feed's highest position, and the orders "told paid"
+/// against their states in the database. Each fault the rows exist for is then made by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_callers_rows_judge_a_real_feed_and_real_states() {
+    use std::collections::BTreeSet;
+
+    use booking_sim::checker::{LiveFeed, feed_max_position, order_states};
+    use integration_tests::coordinator::SERVICE;
+
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let mut operator = replica.client(OPERATOR).await;
+    let mut reviewer = replica.client(REVIEWER).await;
+    let mut service = replica.client(SERVICE).await;
+    payments(&mut operator, &mut reviewer).await;
+    settled(&env).await;
+
+    let max = feed_max_position(&env.database_url)
+        .await
+        .expect("the feed's highest position");
+    assert!(max >= 10, "{max}");
+    let mut stream = service
+        .watch_events(pb::WatchEventsRequest {
+            after_global_sequence: 0,
+        })
+        .await
+        .expect("WatchEvents")
+        .into_inner();
+    let mut feed = LiveFeed {
+        streams: 1,
+        ..LiveFeed::default()
+    };
+    while feed.positions.last().copied().unwrap_or(0) < max {
+        let event = stream
+            .message()
+            .await
+            .expect("the stream stays up")
+            .expect("the stream goes on");
+        feed.positions.push(event.global_sequence);
+    }
+
+    let mut clean = report(&env, Some(5)).await;
+    clean.add_live_feed(&feed, max);
+    let told: BTreeSet<String> = ["chk-paid-1", "chk-paid-3"].map(str::to_owned).into();
+    let states = order_states(&env.database_url, &told)
+        .await
+        .expect("the orders' states");
+    assert_eq!(
+        states.get("chk-paid-3").map(String::as_str),
+        Some("REFUNDED")
+    );
+    clean.add_told_paid(&told, &states);
+    assert_clean(&clean);
+    assert_eq!(clean.row(names::LIVE_FEED).map(|r| r.value), Some(0));
+    assert_eq!(
+        clean.row(names::TOLD_PAID_NOT_PAID).map(|r| r.value),
+        Some(0)
+    );
+
+    // A subscriber that got a position twice and missed the last one; callers told "paid" about
+    // a declined order and one the database never saw.
+    let mut broken = feed.clone();
+    broken.positions.pop();
+    broken.positions.push(1);
+    let told: BTreeSet<String> = ["chk-paid-1", "chk-declined-1", "chk-ghost"]
+        .map(str::to_owned)
+        .into();
+    let states = order_states(&env.database_url, &told)
+        .await
+        .expect("the orders' states");
+    let mut failed = report(&env, Some(5)).await;
+    failed.add_live_feed(&broken, max);
+    failed.add_told_paid(&told, &states);
+    assert_eq!(failed.value(names::LIVE_FEED), 2, "{}", failed.table());
+    flags(
+        &failed,
+        names::LIVE_FEED,
+        &format!("position {max} never received"),
+    );
+    flags(&failed, names::LIVE_FEED, "position 1 received again");
+    assert_eq!(failed.value(names::TOLD_PAID_NOT_PAID), 2);
+    flags(
+        &failed,
+        names::TOLD_PAID_NOT_PAID,
+        "chk-declined-1 is PENDING",
+    );
+    flags(
+        &failed,
+        names::TOLD_PAID_NOT_PAID,
+        "chk-ghost is not in the database",
+    );
+    assert!(failed.table().contains("result: FAILED"));
+    env.cleanup().await;
+}
