@@ -420,7 +420,15 @@ async fn many_concurrent_writers_give_dense_positions_in_per_order_order() {
 #[tokio::test]
 async fn delivery_latency_with_and_without_a_nudge() {
     let db = TestDb::new("feed");
-    let replica = Replica::start(&db).await;
+    // Un-nudged commits wait for the safety poll (1 s by default): a short one keeps this quick.
+    let replica = Replica::start_with(
+        &db,
+        FeedConfig {
+            sequencer_idle: Duration::from_millis(20),
+            ..FeedConfig::default()
+        },
+    )
+    .await;
     let feed = &replica.feed;
     let mut client = db.sql().await;
     create_orders(&client, &["ord-l"]).await;
@@ -445,7 +453,7 @@ async fn delivery_latency_with_and_without_a_nudge() {
             if nudged {
                 "nudged (a commit on this replica)"
             } else {
-                "not nudged (a commit on another replica: the sequencer's idle timer)"
+                "not nudged (a writer that does not nudge: the leader's safety poll)"
             },
             latencies[0],
             latencies[latencies.len() / 2],
@@ -641,6 +649,142 @@ async fn two_replicas_one_sequencer_both_deliver_everything() {
     let after_failover = take(&mut survivor_stream, 50).await;
     assert_eq!(positions(&after_failover), dense(201, 250));
     assert!(survivor.feed.status().sequencer_leader);
+}
+
+/// Waits until `ready` holds (a state the feed's tasks reach on their own), within the guard.
+async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + GUARD;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "not within the guard: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether every committed event has its position.
+async fn stamped(feed: &Feed) -> bool {
+    feed.backlog().await.expect("backlog").unstamped == 0
+}
+
+/// No poll in the path: with a safety poll of an hour, events committed on either replica (the
+/// leader or not) reach watchers on both, woken by the nudge of the replica that committed.
+#[tokio::test]
+async fn a_commit_on_a_replica_that_does_not_lead_reaches_every_replica_without_polling() {
+    let db = TestDb::new("feed");
+    let config = FeedConfig {
+        sequencer_idle: Duration::from_secs(3600),
+        listener_tick: Duration::from_secs(3600),
+        ..FeedConfig::default()
+    };
+    let first = Replica::start_with(&db, config.clone()).await;
+    let second = Replica::start_with(&db, config).await;
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-a", "ord-b"]).await;
+    let mut on_first = all_after(&first.feed, 0);
+    let mut on_second = all_after(&second.feed, 0);
+    let mut order_on_first = order_after(&first.feed, "ord-b", 0);
+
+    for round in 0..20 {
+        // Committed "on" one replica, which alone is nudged.
+        let (committer, order) = if round % 2 == 0 {
+            (&first, "ord-a")
+        } else {
+            (&second, "ord-b")
+        };
+        commit_one(&mut client, order).await;
+        committer.feed.nudge();
+        let expected = round + 1;
+        assert_eq!(next(&mut on_first).await.global_sequence, expected);
+        assert_eq!(next(&mut on_second).await.global_sequence, expected);
+        if order == "ord-b" {
+            let event = next(&mut order_on_first).await;
+            assert_eq!(
+                (event.global_sequence, event.sequence),
+                (expected, expected / 2)
+            );
+        }
+    }
+    let (leader, other) = if first.feed.status().sequencer_leader {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    assert!(leader.feed.status().sequencer_leader);
+    assert!(!other.feed.status().sequencer_leader, "exactly one leads");
+    // The replica that does not lead stamped its own commits (no poll would have).
+    assert!(other.feed.status().stamped_batches >= 1);
+    assert!(leader.feed.status().stamped_batches >= 1);
+}
+
+/// A replica with no watcher neither listens nor reads; the first watcher wakes its listener, and
+/// watchers starting at any cursor then get everything after it, once, in order, then live events.
+#[tokio::test]
+async fn a_replica_with_no_watcher_reads_nothing_and_its_first_watcher_misses_nothing() {
+    let db = TestDb::new("feed");
+    let replica = Replica::start_with(
+        &db,
+        FeedConfig {
+            listener_linger: Duration::ZERO,
+            listener_tick: Duration::from_millis(50),
+            ..FeedConfig::default()
+        },
+    )
+    .await;
+    let feed = &replica.feed;
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-q"]).await;
+    until("the listener connected", async || {
+        feed.status().listener_connected
+    })
+    .await;
+
+    for _ in 0..10 {
+        commit_one(&mut client, "ord-q").await;
+        feed.nudge();
+    }
+    until("stamped", async || stamped(feed).await).await;
+    let status = feed.status();
+    assert!(!status.listener_following, "nobody watches: {status:?}");
+    assert_eq!(status.head, 0, "nothing was read for nobody");
+
+    let mut replay = all_after(feed, 0);
+    assert_eq!(positions(&take(&mut replay, 10).await), dense(1, 10));
+    assert!(feed.status().listener_following);
+    commit_one(&mut client, "ord-q").await;
+    feed.nudge();
+    assert_eq!(next(&mut replay).await.global_sequence, 11);
+
+    // The last watcher goes: the listener stops following (no linger here).
+    drop(replay);
+    until("the listener stopped following", async || {
+        !feed.status().listener_following
+    })
+    .await;
+    for _ in 0..5 {
+        commit_one(&mut client, "ord-q").await;
+        feed.nudge();
+    }
+    until("stamped", async || stamped(feed).await).await;
+    assert_eq!(feed.status().head, 11, "nothing read while nobody watches");
+
+    // Watchers arrive at once, at the old head, at the current one, and on the order.
+    let mut from_old_head = all_after(feed, 11);
+    let mut from_head = all_after(feed, 16);
+    let mut order = order_after(feed, "ord-q", 14);
+    assert_eq!(positions(&take(&mut from_old_head, 5).await), dense(12, 16));
+    let replayed: Vec<i64> = take(&mut order, 2)
+        .await
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(replayed, vec![15, 16]);
+    commit_one(&mut client, "ord-q").await;
+    feed.nudge();
+    assert_eq!(next(&mut from_old_head).await.global_sequence, 17);
+    assert_eq!(next(&mut from_head).await.global_sequence, 17);
+    assert_eq!(next(&mut order).await.sequence, 17);
+    tokio::time::timeout(GUARD, feed.wait_for_head(17))
+        .await
+        .expect("published");
 }
 
 fn request(order_id: &str, key: &str, method: &str) -> NewAttempt {

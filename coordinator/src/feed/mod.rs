@@ -1,11 +1,11 @@
 //! The event feed (CONTRACT §1.6, `WatchEvents` and `WatchOrder`): every event exactly once, in
 //! order, resumable from a dense int64 cursor, even when transactions commit out of order.
 //!
-//! - `sequencer`: one task across all replicas (advisory-lock leader) stamps a dense
-//!   `global_sequence` on committed events, in batches of everything visible, and sends one NOTIFY
-//!   per batch. It is woken by commits: on its own replica in process (`Feed::nudge`), from the
-//!   other replicas by a coalesced `NOTIFY payments_feed_nudge` that their sequencer task sends
-//!   after the commit; a slow safety poll covers a nudge lost to a crash.
+//! - `sequencer`: one task per replica stamps a dense `global_sequence` on committed events, in
+//!   batches of everything visible, one stamp at a time across all replicas (a transaction-level
+//!   advisory lock), and sends one NOTIFY per batch. It is woken by this replica's commits
+//!   (`Feed::nudge`), and stamps them itself; the leader (a session-level advisory lock) adds a 1 s
+//!   safety poll for events nobody nudged about (a replica that crashed after its commit).
 //! - `listener`: one connection per replica; while this replica has watchers it `LISTEN`s, and on
 //!   each wake-up reads the newly stamped events from the table and publishes them on one
 //!   in-process broadcast channel. With no watcher it stops listening and reads nothing (a replica
@@ -31,7 +31,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use sequencer::FEED_LOCK;
+pub use sequencer::{FEED_LOCK, STAMP_LOCK};
 
 use crate::store::{Backlog, Store, StoreError};
 
@@ -40,9 +40,6 @@ pub use crate::store::EventRecord as FeedEvent;
 
 /// The channel the sequencer notifies and the listeners listen on.
 pub const CHANNEL: &str = "payments_feed";
-/// The channel replicas that do not stamp notify after committing events, and the leading sequencer
-/// listens on.
-pub const NUDGE_CHANNEL: &str = "payments_feed_nudge";
 
 /// `application_name` of the sequencer's connection (visible in `pg_stat_activity`).
 pub const SEQUENCER_APPLICATION_NAME: &str = "coordinator-feed-sequencer";
@@ -58,9 +55,8 @@ pub struct FeedConfig {
     /// Most events stamped by one sequencer transaction.
     pub stamp_batch: i64,
     /// The leading sequencer's safety poll: how often it looks for events committed without a
-    /// nudge reaching it (a replica that crashed between its commit and its nudge, a nudge sent
-    /// while no sequencer listened, a writer that does not nudge). Not on the normal path: every
-    /// replica nudges after its commits.
+    /// stamp following (a replica that crashed between its commit and its stamp, a writer that does
+    /// not nudge). Not on the normal path: every replica stamps after its own commits.
     pub sequencer_idle: Duration,
     /// How often a replica that does not lead tries to take the sequencer's lock.
     pub leader_retry: Duration,
@@ -360,10 +356,9 @@ impl Feed {
         })
     }
 
-    /// A commit with events happened on this replica: stamp soon. Call it after the commit (the
-    /// sequencer's snapshot must see the events). Cheap; coalesces: in process if this replica
-    /// stamps, else one `NOTIFY payments_feed_nudge` in flight at a time, covering every nudge made
-    /// meanwhile.
+    /// A commit with events happened on this replica: stamp now. Call it after the commit (the
+    /// stamp's snapshot must see the events). Cheap; coalesces: one stamp in flight per replica,
+    /// and the next one covers every nudge made meanwhile.
     pub fn nudge(&self) {
         self.inner.nudge.notify_one();
     }

@@ -1,53 +1,51 @@
 //! The sequencer: gives committed events their dense feed positions.
 //!
-//! One sequencer at a time across all replicas: each replica runs this task on a dedicated
-//! connection (never one of the pool's), and the one holding the session-level advisory lock
-//! `FEED_LOCK` leads; the others retry every `FeedConfig::leader_retry`, and take over within about
-//! that long after the leader's connection ends (the server releases a session lock with its
-//! session). The unique index on `events.global_sequence` is the safety net: should two ever stamp
-//! at once, one statement fails and nothing is given twice.
+//! Each replica runs this task on a dedicated connection (never one of the pool's). A stamp is one
+//! short transaction, one commit: it takes the transaction-level advisory lock `STAMP_LOCK` (so
+//! stamps, from whichever replica, take turns), then ONE statement takes the unstamped events its
+//! snapshot sees, in insertion (`id`) order, numbers them `max + 1 ...`, and, if it stamped
+//! anything, sends ONE `NOTIFY payments_feed` (a NOTIFY takes a cluster-wide lock at commit: once
+//! per batch, never once per payment). The four requests are pipelined: one round trip. The unique
+//! index on `events.global_sequence` is the safety net: should two ever stamp at once, one
+//! statement fails and nothing is given twice.
 //!
-//! The leader stamps in batches, each ONE statement (so one short transaction): it takes the
-//! unstamped events its snapshot sees, in insertion (`id`) order, numbers them `max + 1 ...`, and,
-//! if it stamped anything, sends ONE `NOTIFY payments_feed` (a NOTIFY takes a cluster-wide lock at
-//! commit: once per batch, never once per payment).
+//! Who stamps, and when (no polling on the normal path): `Feed::nudge`, called after a commit with
+//! events, wakes this replica's task, which stamps everything visible at once: the commit's own
+//! events and whatever other commits made visible meanwhile. One stamp in flight per replica; the
+//! nudges made while it runs are covered by the next single stamp. Stamping where the commit
+//! happened costs one commit; telling a leader instead (a NOTIFY, its delivery, then its stamp)
+//! would cost three.
+//!
+//! The leader: the replica holding the session-level advisory lock `FEED_LOCK` (the others retry
+//! every `FeedConfig::leader_retry` and take over within about that long after the leader's
+//! connection ends). It adds the safety poll (`FeedConfig::sequencer_idle`, 1 s) for what no nudge
+//! announces: a replica that crashed between its commit and its stamp, a writer outside the
+//! coordinator. Its cost: one empty index scan (`events_unstamped`, a partial index holding only
+//! the unstamped rows) a second, on the leader only.
 //!
 //! Why this never skips a late commit: rows of transactions still open are invisible to the
-//! sequencer's snapshot, so they are simply not stamped yet; they get the next free positions once
+//! stamp's snapshot, so they are simply not stamped yet; they get the next free positions once
 //! committed, after everything stamped meanwhile. Readers read `global_sequence > cursor`, and the
-//! positions are committed in their own order (one stamping statement at a time), so a reader never
-//! sees position n + 1 before n. A transaction held open delays only its own events.
+//! positions are committed in their own order (one stamp at a time: the stamp's statement starts,
+//! and takes its snapshot, only once the previous holder of `STAMP_LOCK` committed), so a reader
+//! never sees position n + 1 before n. A transaction held open delays only its own events.
 //!
 //! Why per-order order is kept: an order's next event is inserted by a transaction that first took
 //! the order's row lock (`SELECT ... FOR UPDATE` / `UPDATE orders ... last_sequence + 1`), which it
 //! got only after the transaction of the order's previous event committed. So whenever the later
 //! event is visible the earlier one is too, and it has the smaller `id`: stamping visible rows in
 //! `id` order gives the earlier event the smaller position (in this batch or an earlier one).
-//!
-//! Wake-ups, no polling: `Feed::nudge`, called after a commit with events. On the leading replica
-//! it wakes the stamping loop in process. On the others it wakes this task's idle connection, which
-//! sends `NOTIFY payments_feed_nudge` (the leader alone `LISTEN`s on it, from before its first
-//! stamp) in the statement that also tries the lock: one commit, at most one in flight, and every
-//! nudge made while it is in flight is covered by the next one. The NOTIFY commits after the
-//! nudging transaction did, and is delivered after that, so the stamp it triggers sees the events.
-//! Each wake-up stamps everything visible (up to `FeedConfig::stamp_batch`): the nudges of many
-//! payments made while a stamp runs are covered by the next single one.
-//!
-//! A safety poll (`FeedConfig::sequencer_idle`, 1 s) covers what no nudge announces: a replica
-//! that crashed between its commit and its NOTIFY, a NOTIFY sent while no leader listened (the
-//! new leader stamps at once on taking the lock anyway), a writer outside the coordinator. Its
-//! cost: one empty index scan (`events_unstamped`, a partial index holding only the unstamped rows)
-//! a second, on the leader only.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CHANNEL, FeedConfig, NUDGE_CHANNEL, Shared, within};
+use super::{CHANNEL, FeedConfig, Shared, within};
 use crate::store::StoreError;
 
 /// The session-level advisory lock whose holder stamps the feed ("feedseq1" in ASCII).
@@ -79,18 +77,10 @@ fn stamp_sql() -> String {
     )
 }
 
-/// Tries to take the lock and, if another session holds it and `$2`, nudges the leader: one
-/// statement, one commit. The lock is taken in its own (materialised) step so that it is tried
-/// exactly once.
-fn try_lock_sql() -> String {
-    format!(
-        "WITH attempt AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS locked) \
-         SELECT locked, \
-                (CASE WHEN locked OR NOT $2::boolean THEN NULL \
-                      ELSE pg_notify('{NUDGE_CHANNEL}', '') END)::text AS nudged \
-         FROM attempt"
-    )
-}
+/// The transaction-level advisory lock every stamp holds ("feedstmp" in ASCII): the leader is not
+/// the only one to stamp (a replica stamps after its own commits), so stamps take turns on it. A
+/// stamp's statement runs after the lock is granted, so its snapshot sees every earlier stamp.
+pub const STAMP_LOCK: i64 = 0x6665_6564_7374_6d70;
 
 pub(super) async fn run(
     config: tokio_postgres::Config,
@@ -131,36 +121,29 @@ async fn session(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = within(settings.query_timeout, config.connect(NoTls)).await?;
-    let remote = Arc::new(Notify::new());
-    // Drives the connection and turns nudges from other replicas (delivered only once this session
-    // leads and listens) into wake-ups. Ends when `client` is dropped (end of this function) or the
-    // connection is lost.
-    let mut driver = {
-        let remote = Arc::clone(&remote);
-        tracker.spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => remote.notify_one(),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
-                }
-            }
-        })
-    };
+    let (client, connection) = within(settings.query_timeout, config.connect(NoTls)).await?;
+    // Ends when `client` is dropped (end of this function) or the connection is lost.
+    let mut driver = tracker.spawn(connection);
     let lost = || StoreError::Unavailable("the sequencer's connection was lost".to_owned());
 
-    let try_lock = within(settings.query_timeout, client.prepare(&try_lock_sql())).await?;
-    // Whether events were committed here since the last attempt: then the leader must hear of it.
-    let mut forward = false;
+    let statements = Statements {
+        begin: within(settings.query_timeout, client.prepare("BEGIN")).await?,
+        commit: within(settings.query_timeout, client.prepare("COMMIT")).await?,
+        lock: within(
+            settings.query_timeout,
+            client.prepare("SELECT pg_advisory_xact_lock($1)"),
+        )
+        .await?,
+        stamp: within(settings.query_timeout, client.prepare(&stamp_sql())).await?,
+    };
     loop {
         let row = within(
             settings.query_timeout,
-            client.query_one(&try_lock, &[&FEED_LOCK, &forward]),
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&FEED_LOCK]),
         )
         .await?;
         let locked: bool = row
-            .try_get("locked")
+            .try_get(0)
             .map_err(|e| StoreError::Corrupt(format!("pg_try_advisory_lock: {e}")))?;
         if locked {
             break;
@@ -169,48 +152,80 @@ async fn session(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut driver => return Err(lost()),
-            _ = nudge.notified() => forward = true,
-            _ = tokio::time::sleep(settings.leader_retry) => forward = false,
+            // Events committed here: stamp them now rather than wait for the leader's poll.
+            _ = nudge.notified() => stamp_visible(&client, &statements, settings, shared).await?,
+            _ = tokio::time::sleep(settings.leader_retry) => {}
         }
     }
     shared.leader.store(true, Ordering::SeqCst);
-    tracing::info!("this replica now stamps the event feed");
+    tracing::info!("this replica now leads the event feed's sequencers");
 
-    // Before the first stamp: a nudge sent from now on wakes a stamp that follows its commit, and
-    // the first stamp below covers everything committed before.
-    within(
-        settings.query_timeout,
-        client.batch_execute(&format!("LISTEN {NUDGE_CHANNEL}")),
-    )
-    .await?;
-    let stamp = within(settings.query_timeout, client.prepare(&stamp_sql())).await?;
     loop {
-        let row = within(
-            settings.query_timeout,
-            client.query_one(&stamp, &[&settings.stamp_batch]),
-        )
-        .await?;
-        let stamped: i64 = row
-            .try_get("stamped")
-            .map_err(|e| StoreError::Corrupt(format!("stamped: {e}")))?;
-        if stamped > 0 {
-            shared.batches.fetch_add(1, Ordering::Relaxed);
-            tracing::trace!(stamped, "stamped a batch of feed events");
-        }
+        stamp_visible(&client, &statements, settings, shared).await?;
         if shutdown.is_cancelled() {
             return Ok(());
-        }
-        if stamped >= settings.stamp_batch {
-            // A full batch: more may be waiting.
-            continue;
         }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut driver => return Err(lost()),
             _ = nudge.notified() => {}
-            _ = remote.notified() => {}
             _ = tokio::time::sleep(settings.sequencer_idle) => {}
         }
     }
+}
+
+struct Statements {
+    begin: Statement,
+    commit: Statement,
+    lock: Statement,
+    stamp: Statement,
+}
+
+/// Stamps every visible unstamped event, batch after batch until a short one.
+async fn stamp_visible(
+    client: &Client,
+    statements: &Statements,
+    settings: &FeedConfig,
+    shared: &Shared,
+) -> Result<(), StoreError> {
+    loop {
+        let stamped = within(
+            settings.query_timeout,
+            stamp_once(client, statements, settings),
+        )
+        .await?;
+        if stamped > 0 {
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(stamped, "stamped a batch of feed events");
+        }
+        if stamped < settings.stamp_batch {
+            return Ok(());
+        }
+    }
+}
+
+/// One batch in one transaction (one commit, one round trip: the four requests are pipelined).
+/// Any error leaves the session to be replaced (the transaction may be open): the caller returns
+/// it, and the session ends.
+async fn stamp_once(
+    client: &Client,
+    statements: &Statements,
+    settings: &FeedConfig,
+) -> Result<i64, tokio_postgres::Error> {
+    // Prepared statements only: a request with SQL text would wait for its own prepare first,
+    // and the others would overtake it.
+    let lock: [&(dyn ToSql + Sync); 1] = [&STAMP_LOCK];
+    let batch: [&(dyn ToSql + Sync); 1] = [&settings.stamp_batch];
+    let (begin, locked, stamped, commit) = tokio::join!(
+        client.execute(&statements.begin, &[]),
+        client.execute(&statements.lock, &lock),
+        client.query_one(&statements.stamp, &batch),
+        client.execute(&statements.commit, &[]),
+    );
+    begin?;
+    locked?;
+    let row = stamped?;
+    commit?;
+    row.try_get("stamped")
 }
