@@ -23,15 +23,26 @@ use crate::domain::Violations;
 /// The `ErrorInfo.domain` of every refusal.
 pub const ERROR_DOMAIN: &str = "payments.v1";
 
+/// "attempt N", or what a 0 means: the holder has taken the order and is recording its attempt.
+fn attempt_text(attempt: i32) -> String {
+    if attempt > 0 {
+        format!("attempt {attempt}")
+    } else {
+        "its attempt being recorded now".to_owned()
+    }
+}
+
 /// Why a call is refused or failed, as callers see it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "another attempt is in flight for this order: attempt {attempt}, started by {operator_id} \
-         at {}; nothing was charged by this request, watch the order for its outcome",
+        "another attempt is in flight for this order: {}, started by {operator_id} at {}; nothing \
+         was charged by this request, watch the order for its outcome",
+        attempt_text(*attempt),
         rfc3339(*started_at)
     )]
     PaymentInProgress {
+        /// 0 while the holder is still recording its attempt (the refusal came from its lease).
         attempt: i32,
         operator_id: String,
         started_at: SystemTime,
@@ -367,6 +378,21 @@ mod tests {
         assert_eq!(info.metadata["started_at"], "2023-11-14T22:13:20Z");
         assert!(status.message().contains("op-7"));
         assert!(status.message().contains("2023-11-14T22:13:20Z"));
+        assert!(status.message().contains("attempt 2"));
+
+        // Refused by a lease whose holder is still recording its attempt.
+        let (status, info) = decode(Error::PaymentInProgress {
+            attempt: 0,
+            operator_id: "op-7".to_owned(),
+            started_at: at(1_700_000_000),
+        });
+        assert_eq!(info.metadata["attempt"], "0");
+        assert!(
+            status.message().contains("its attempt being recorded now"),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("attempt 0"));
     }
 
     #[test]
