@@ -72,7 +72,7 @@ pub fn hex(colour: RGBColor) -> String {
     format!("#{:02X}{:02X}{:02X}", colour.0, colour.1, colour.2)
 }
 
-/// The chart as SVG text.
+/// The chart as SVG text; `note`: a line or more under the title.
 pub fn svg(title: &str, note: &str, series: &[Series]) -> anyhow::Result<String> {
     let mut text = String::new();
     draw(
@@ -137,12 +137,13 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let body = root.titled(title, (FONT, 28).into_font().style(FontStyle::Bold))?;
-    body.draw_text(
-        note,
-        &(FONT, 17).into_font().color(&RGBColor(0x44, 0x44, 0x44)),
-        (20, 0),
-    )?;
-    let body = body.margin(24, 8, 8, 16);
+    let note_font = (FONT, 16).into_font().color(&RGBColor(0x44, 0x44, 0x44));
+    let mut note_lines = 0;
+    for (i, line) in note.lines().enumerate() {
+        body.draw_text(line, &note_font, (20, 20 * i as i32))?;
+        note_lines += 1;
+    }
+    let body = body.margin(8 + 20 * note_lines, 8, 8, 16);
     let (top, bottom) = body.split_vertically(HEIGHT * 55 / 100);
     let (x_range, x_labels) = x_axis(series);
     let x_desc = "concurrent callers (pgbench clients for the ceiling), log2 scale";
@@ -299,7 +300,7 @@ mod tests {
     #[test]
     fn every_series_has_its_line_and_legend() {
         let all = [series("two_phase", 1.0), series("one_shot", 1.2)];
-        let svg = svg("the title", "2 cores", &all).unwrap();
+        let svg = svg("the title", "2 cores\nthe second line", &all).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
         assert!(svg.trim_end().ends_with("</svg>"));
         for text in [

@@ -255,6 +255,7 @@ pub async fn run(mut config: LoadConfig, sweep: SweepConfig) -> anyhow::Result<S
         config.payments,
         config.warmup
     ));
+    let load = load_average();
     let run_id = format!("{:08x}", rand::rng().random::<u32>());
     let mut owned = Owned::start(owned_config.clone()).await?;
     let mut flows = Vec::new();
@@ -279,16 +280,15 @@ pub async fn run(mut config: LoadConfig, sweep: SweepConfig) -> anyhow::Result<S
     {
         extra_reports = extra::run(&config, &owned, flow, &run_id).await;
     }
+    let note = machine_note(pg_version.as_deref(), load, owned_config.replicas);
+    if let Some(machine) = note.lines().next() {
+        println!("machine: {machine}");
+    }
     if result.is_ok()
         && let Some(path) = &sweep.chart
     {
         let series: Vec<chart::Series> = flows.iter().map(FlowSweep::series).collect();
-        result = chart::write(
-            path,
-            &title(&config.flows, owned_config.replicas),
-            &machine_note(pg_version.as_deref()),
-            &series,
-        );
+        result = chart::write(path, &title(&config.flows), &note, &series);
         if result.is_ok() {
             say(&format!("  chart written to {}", path.display()));
         }
@@ -433,9 +433,9 @@ async fn pg_version(database_url: &str) -> Option<String> {
     version.map(|v| v.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
-fn title(flows: &[Flow], replicas: usize) -> String {
+fn title(flows: &[Flow]) -> String {
     format!(
-        "booking-sim load --sweep: {}, {replicas} coordinator replicas vs PostgreSQL alone",
+        "booking-sim load --sweep: {}",
         flows
             .iter()
             .map(|f| f.as_str())
@@ -444,8 +444,9 @@ fn title(flows: &[Flow], replicas: usize) -> String {
     )
 }
 
-/// The machine, the date, and what the lines are.
-fn machine_note(pg_version: Option<&str>) -> String {
+/// The machine, the date and the load it had when the sweep started (a shared machine's figures
+/// move with it); then what was measured.
+fn machine_note(pg_version: Option<&str>, load: Option<f64>, replicas: usize) -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -455,11 +456,25 @@ fn machine_note(pg_version: Option<&str>) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!(
-        "{}: {cores} cores{memory}, PostgreSQL{} and Redis local, the simulator answering at \
-         once; closed loop, fresh orders",
+        "{}: {cores} cores{memory}, PostgreSQL{} and Redis local{}\n{replicas} coordinator \
+         replicas, simulator answering at once, closed loop, fresh orders; ceiling: pgbench, \
+         same SQL, replicas stopped",
         date(unix),
-        pg_version.map_or_else(String::new, |v| format!(" {v}"))
+        pg_version.map_or_else(String::new, |v| format!(" {v}")),
+        load.map_or_else(String::new, |l| format!(
+            "; load average {l:.1} at the start (other work)"
+        ))
     )
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `MemTotal` of `/proc/meminfo`, in GiB.
