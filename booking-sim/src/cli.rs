@@ -618,7 +618,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let sweep = (!args.sweep.is_empty()).then(|| load::sweep::SweepConfig {
+    let sweep = (!args.sweep.is_empty()).then_some(load::sweep::SweepConfig {
         concurrencies: args.sweep,
         chart: args.chart,
     });

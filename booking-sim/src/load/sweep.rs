@@ -370,7 +370,7 @@ async fn sweep_flow(
         }
         let database = owned.pg.orders(&stack.db_name).await?;
         let version = pg_version(&stack.database_url).await;
-        let ceiling_secs = config.ceiling.then(|| config.ceiling_duration.as_secs());
+        let ceiling_secs = config.ceiling.then_some(config.ceiling_duration.as_secs());
         if config.ceiling {
             say(&format!(
                 "phase: {flow}: stopping the replicas; the PostgreSQL ceiling at each concurrency \
