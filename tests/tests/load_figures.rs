@@ -94,14 +94,18 @@ async fn a_tiny_run_of_each_figure_prints_its_rows_and_its_checks_hold() {
     let scale = section(&stdout, "scale (two_phase): cost per payment");
     for size in ["200 orders", "2000 orders"] {
         let figures = row(scale, size);
-        for part in ["payments/s, latency p50 ", " p99 ", "commits per payment"] {
+        for part in [
+            "payments/s, latency p50 ",
+            " p99 ",
+            " commits and ",
+            " buffer pages read per payment",
+        ] {
             assert!(figures.contains(part), "{part:?} missing from {figures}");
         }
     }
-    assert!(
-        row(scale, "ratio 2000/200").starts_with("payments/s "),
-        "{scale}"
-    );
+    let ratio = row(scale, "ratio 2000/200");
+    assert!(ratio.starts_with("payments/s "), "{scale}");
+    assert!(ratio.contains(", pages read per payment "), "{scale}");
     let scale_checks = checks(scale);
     assert_eq!(scale_checks.len(), 4, "{scale}");
     assert!(

@@ -250,6 +250,9 @@ struct Sized {
     orders: usize,
     populate: Duration,
     report: FlowReport,
+    /// Buffer pages PostgreSQL read per payment (warm-up included, the replicas' background
+    /// work too): the machine-independent cost, flat when every statement uses an index.
+    pages_per_payment: f64,
 }
 
 impl Sized {
@@ -316,7 +319,17 @@ async fn measure_size(
         pids: stack.pids(),
         prefix: prefix.clone(),
     };
+    // The statistics of the generation's own (closed) connection are in by now.
+    let pages_before = owned.pg.pages_read(&db_name).await?;
     let mut flow_report = measure.run(&measure_config, Some(stack)).await?;
+    // `run` waited for the statistics of the measured phase before reading its commits.
+    let pages = owned
+        .pg
+        .pages_read(&db_name)
+        .await?
+        .saturating_sub(pages_before);
+    let pages_per_payment =
+        pages as f64 / (measure_config.payments + measure_config.warmup).max(1) as f64;
     // The generated orders are in the database too; the check is about the measured ones.
     let generated = orders as i64;
     flow_report.checked.database = flow_report
@@ -349,6 +362,7 @@ async fn measure_size(
         orders,
         populate: populate_time,
         report: flow_report,
+        pages_per_payment,
     })
 }
 
@@ -377,14 +391,15 @@ pub async fn run(
         report.row(
             &format!("{} orders", sized.orders),
             format!(
-                "{:.1} payments/s, latency p50 {} p99 {}, {} commits per payment \
-                 (generated in {:.1} s)",
+                "{:.1} payments/s, latency p50 {} p99 {}, {} commits and {:.0} buffer pages read \
+                 per payment (generated in {:.1} s)",
                 r.payments_per_sec(),
                 r.latency.map_or_else(|| "n/a".to_owned(), |p| ms(p.p50)),
                 r.latency.map_or_else(|| "n/a".to_owned(), |p| ms(p.p99)),
                 sized
                     .commits_per_payment()
                     .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
+                sized.pages_per_payment,
                 sized.populate.as_secs_f64()
             ),
         );
@@ -398,7 +413,8 @@ pub async fn run(
         report.row(
             &format!("ratio {}/{}", last.orders, first.orders),
             format!(
-                "payments/s {}, latency p50 {} p99 {}, commits per payment {}",
+                "payments/s {}, latency p50 {} p99 {}, commits per payment {}, pages read per \
+                 payment {}",
                 ratio_text(b.payments_per_sec(), a.payments_per_sec()),
                 ratio_text(p(b, |l| l.p50), p(a, |l| l.p50)),
                 ratio_text(p(b, |l| l.p99), p(a, |l| l.p99)),
@@ -406,6 +422,7 @@ pub async fn run(
                     last.commits_per_payment().unwrap_or(0.0),
                     first.commits_per_payment().unwrap_or(0.0)
                 ),
+                ratio_text(last.pages_per_payment, first.pages_per_payment),
             ),
         );
     }
