@@ -64,34 +64,29 @@ impl PgServer {
 
     /// Transactions committed in database `name` so far, as far as the statistics know.
     pub async fn commits(&self, name: &str) -> anyhow::Result<u64> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
-                &[&name],
-            )
-            .await
-            .context("reading pg_stat_database")?
-            .with_context(|| format!("no statistics for the database {name}"))?;
-        let commits: i64 = row.get(0);
-        Ok(u64::try_from(commits).unwrap_or_default())
+        self.database_stat(name, "xact_commit").await
     }
 
     /// Buffer pages read in database `name` so far (from shared buffers or from outside them:
     /// `blks_hit + blks_read`), as far as the statistics know. Per payment, it says whether the
     /// statements use their indexes: a scan grows with the tables, an index descent barely.
     pub async fn pages_read(&self, name: &str) -> anyhow::Result<u64> {
+        self.database_stat(name, "blks_hit + blks_read").await
+    }
+
+    /// `expression` (a bigint of `pg_stat_database` columns, written here) for database `name`.
+    async fn database_stat(&self, name: &str, expression: &str) -> anyhow::Result<u64> {
         let row = self
             .client
             .query_opt(
-                "SELECT blks_hit + blks_read FROM pg_stat_database WHERE datname = $1",
+                &format!("SELECT {expression} FROM pg_stat_database WHERE datname = $1"),
                 &[&name],
             )
             .await
             .context("reading pg_stat_database")?
             .with_context(|| format!("no statistics for the database {name}"))?;
-        let pages: i64 = row.get(0);
-        Ok(u64::try_from(pages).unwrap_or_default())
+        let value: i64 = row.get(0);
+        Ok(u64::try_from(value).unwrap_or_default())
     }
 
     /// Backends connected to database `name` now.
