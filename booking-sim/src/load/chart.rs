@@ -123,10 +123,11 @@ fn log2(concurrency: usize) -> f64 {
     (concurrency.max(1) as f64).log2()
 }
 
-/// 0 to a bit above the highest value (at least 1).
-fn y_top(values: impl Iterator<Item = f64>) -> f64 {
+/// 0 to `headroom` times the highest value (at least 1): the room above the lines is the
+/// legend's (upper left), which would otherwise hide lines that level off up there.
+fn y_top(values: impl Iterator<Item = f64>, headroom: f64) -> f64 {
     let top = values.filter(|v| v.is_finite()).fold(0.0_f64, f64::max);
-    (top * 1.12).max(1.0)
+    (top * headroom).max(1.0)
 }
 
 fn draw<DB: DrawingBackend>(
@@ -154,6 +155,8 @@ fn draw<DB: DrawingBackend>(
             .flat_map(|s| &s.points)
             .flat_map(|p| [Some(p.payments_per_sec), p.ceiling_per_sec])
             .flatten(),
+        // Two legend rows per flow.
+        1.15 + 0.1 * (2 * series.len()) as f64,
     );
     let mut rates = ChartBuilder::on(&top)
         .caption(
@@ -228,6 +231,7 @@ fn draw<DB: DrawingBackend>(
             .iter()
             .flat_map(|s| &s.points)
             .filter_map(|p| p.p99_ms),
+        1.15 + 0.1 * series.len() as f64,
     );
     let mut latency = ChartBuilder::on(&bottom)
         .caption(
