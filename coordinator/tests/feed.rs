@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use coordinator::domain::{EventKind, OrderState};
 use coordinator::feed::{
-    Feed, FeedConfig, FeedEvent, LISTENER_APPLICATION_NAME, SEQUENCER_APPLICATION_NAME,
+    CHANNEL, FOLLOW_LOCK, Feed, FeedConfig, FeedEvent, LISTENER_APPLICATION_NAME,
+    SEQUENCER_APPLICATION_NAME, STAMP_LOCK,
 };
 use coordinator::store::{Begin, Fence, Fenced, Finish, LineItemRecord, NewAttempt, StoreError};
 use gateway_client::Flow;
@@ -1036,4 +1037,242 @@ async fn events_written_before_the_feed_migration_get_dense_positions_in_inserti
     commit_one(&mut client, "ord-2").await;
     replica.feed.nudge();
     assert_eq!(next(&mut replay).await.global_sequence, 4);
+}
+
+/// A plain session that `LISTEN`s on the feed's channel without taking `FOLLOW_LOCK`: it sees the
+/// NOTIFYs the stamps send, as every listening backend of the database is woken by them.
+struct RawListener {
+    client: tokio_postgres::Client,
+    payloads: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl RawListener {
+    async fn start(db: &TestDb) -> RawListener {
+        let (client, mut connection) = tokio_postgres::connect(&db.url(), NoTls)
+            .await
+            .expect("connect the raw listener");
+        let (sender, payloads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) =
+                std::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let _ = sender.send(n.payload().to_owned());
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .expect("listen");
+        RawListener { client, payloads }
+    }
+
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(GUARD, self.payloads.recv())
+            .await
+            .expect("a notification within the guard time")
+            .expect("the raw listener's connection is up")
+    }
+
+    /// The payloads of every NOTIFY committed before now: notifications arrive in commit order, so
+    /// a marker sent now comes after all of them (no waiting for "nothing more").
+    async fn received_so_far(&mut self) -> Vec<String> {
+        self.client
+            .execute("SELECT pg_notify($1, 'marker')", &[&CHANNEL])
+            .await
+            .expect("notify the marker");
+        let mut payloads = Vec::new();
+        loop {
+            match self.next().await.as_str() {
+                "marker" => return payloads,
+                other => payloads.push(other.to_owned()),
+            }
+        }
+    }
+}
+
+/// A watcher polled by its own task, so that it asks the listener to follow while the test does
+/// something else; dropped with the handle.
+struct Driven {
+    events: tokio::sync::mpsc::UnboundedReceiver<FeedEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Driven {
+    fn new(mut stream: Events) -> Driven {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if sender.send(event.expect("no store error")).is_err() {
+                    return;
+                }
+            }
+        });
+        Driven { events, task }
+    }
+
+    async fn next(&mut self) -> FeedEvent {
+        tokio::time::timeout(GUARD, self.events.recv())
+            .await
+            .expect("an event within the guard time")
+            .expect("the stream goes on")
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Commits one event and waits until it is stamped: one batch each.
+async fn commit_and_stamp(client: &mut tokio_postgres::Client, feed: &Feed, order_id: &str) {
+    commit_one(client, order_id).await;
+    feed.nudge();
+    until("stamped", async || stamped(feed).await).await;
+}
+
+/// Every NOTIFY wakes every listening backend of the database (the replicas' control connections
+/// too), and each wake-up is a commit: stamps notify only while some listener follows the feed.
+#[tokio::test]
+async fn stamps_notify_only_while_some_listener_follows_the_feed() {
+    let db = TestDb::new("feed");
+    let config = FeedConfig {
+        listener_linger: Duration::ZERO,
+        // Live delivery below comes from the NOTIFY, not from a timer.
+        listener_tick: Duration::from_secs(3600),
+        sequencer_idle: Duration::from_secs(3600),
+        ..FeedConfig::default()
+    };
+    let first = Replica::start_with(&db, config.clone()).await;
+    let second = Replica::start_with(&db, config).await;
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-n"]).await;
+    let mut raw = RawListener::start(&db).await;
+
+    for i in 0..6 {
+        let committer = if i % 2 == 0 { &first } else { &second };
+        commit_and_stamp(&mut client, &committer.feed, "ord-n").await;
+    }
+    assert!(!first.feed.status().listener_following);
+    assert!(!second.feed.status().listener_following);
+    assert_eq!(raw.received_so_far().await, Vec::<String>::new());
+
+    // Positive control: a watcher on the second replica makes its listener follow; batches
+    // stamped by either replica are now notified, and reach the watcher live.
+    let mut watcher = Driven::new(all_after(&second.feed, 6));
+    until("the second replica's listener follows", async || {
+        second.feed.status().listener_following
+    })
+    .await;
+    for (i, position) in (7..=10).enumerate() {
+        let committer = if i % 2 == 0 { &first } else { &second };
+        commit_one(&mut client, "ord-n").await;
+        committer.feed.nudge();
+        assert_eq!(watcher.next().await.global_sequence, position);
+        assert_eq!(raw.next().await, position.to_string());
+    }
+    assert!(!first.feed.status().listener_following);
+
+    // The last watcher goes: at its next wake-up (no timer here: the next NOTIFY) the listener
+    // stops following and lets the lock go, and stamps stop notifying.
+    drop(watcher);
+    until("the watcher is gone", async || {
+        second.feed.status().watchers == 0
+    })
+    .await;
+    commit_and_stamp(&mut client, &first.feed, "ord-n").await;
+    assert_eq!(raw.next().await, "11");
+    until(
+        "the second replica's listener stopped following",
+        async || !second.feed.status().listener_following,
+    )
+    .await;
+    for _ in 0..3 {
+        commit_and_stamp(&mut client, &first.feed, "ord-n").await;
+    }
+    assert_eq!(raw.received_so_far().await, Vec::<String>::new());
+}
+
+/// The seam the lock guards: a stamp that found nobody following (so it will not notify) holds
+/// `FOLLOW_LOCK` until it commits; a listener starting to follow meanwhile waits for that commit
+/// before it reads the head, so its first watcher gets the batch though no NOTIFY announced it.
+#[tokio::test]
+async fn a_listener_that_starts_following_during_a_silent_stamp_misses_nothing() {
+    let db = TestDb::new("feed");
+    let replica = Replica::start_with(
+        &db,
+        FeedConfig {
+            listener_tick: Duration::from_secs(3600),
+            sequencer_idle: Duration::from_secs(3600),
+            ..FeedConfig::default()
+        },
+    )
+    .await;
+    let feed = &replica.feed;
+    let mut client = db.sql().await;
+    create_orders(&client, &["ord-s"]).await;
+    until("the listener connected", async || {
+        feed.status().listener_connected
+    })
+    .await;
+
+    // A stamp, by hand, as the sequencer's: STAMP_LOCK, the follow lock tried (nobody follows),
+    // positions given, not committed yet. Its events are written in the same transaction, so that
+    // no other stamp can take them first; they become visible at its commit all the same.
+    let stamp = client.transaction().await.expect("begin the stamp");
+    for _ in 0..3 {
+        append(&stamp, "ord-s").await;
+    }
+    stamp
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&STAMP_LOCK])
+        .await
+        .expect("stamp lock");
+    let alone: bool = stamp
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&FOLLOW_LOCK])
+        .await
+        .expect("try the follow lock")
+        .get(0);
+    assert!(alone, "nobody follows yet");
+    let given = stamp
+        .execute(
+            "UPDATE events e SET global_sequence = n.position \
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS position \
+                   FROM events WHERE global_sequence IS NULL) n \
+             WHERE e.id = n.id",
+            &[],
+        )
+        .await
+        .expect("stamp");
+    assert_eq!(given, 3);
+
+    // A watcher arrives: the listener must wait for the stamp to commit before it follows.
+    let mut watcher = Driven::new(all_after(feed, 0));
+    let mut checks = db.sql().await;
+    until("the listener waits for the follow lock", async || {
+        checks
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = $1 AND wait_event_type = 'Lock' \
+                 AND wait_event = 'advisory'",
+                &[&LISTENER_APPLICATION_NAME],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(!feed.status().listener_following);
+    stamp.commit().await.expect("commit the stamp");
+    for position in 1..=3 {
+        assert_eq!(watcher.next().await.global_sequence, position);
+    }
+    assert!(feed.status().listener_following);
+
+    // And from now on stamps notify: live, with no timer to fall back on.
+    commit_one(&mut checks, "ord-s").await;
+    feed.nudge();
+    assert_eq!(watcher.next().await.global_sequence, 4);
 }

@@ -10,9 +10,12 @@
 //!
 //! Only while somebody on this replica needs it (streams, `wait_for_head`), and for
 //! `FeedConfig::listener_linger` after: each delivered NOTIFY and each read is a commit that
-//! PostgreSQL counts, on every replica, for every stamped batch. Without watchers the listener
-//! `UNLISTEN`s and sits still (no notification, no read, no timer). The first watcher to arrive
-//! wakes it and waits (`Shared::try_admit`): the listener `LISTEN`s, reads the highest position
+//! PostgreSQL counts, on every replica, for every stamped batch. While following it holds
+//! `FOLLOW_LOCK` shared, and stamps notify only while somebody holds it: a NOTIFY wakes every
+//! listening backend of the database (the replicas' `payments_control` connections too), so with
+//! nobody following there is none. Without watchers the listener `UNLISTEN`s, releases the lock
+//! and sits still (no notification, no read, no timer). The first watcher to arrive wakes it and
+//! waits (`Shared::try_admit`): the listener takes the lock, `LISTEN`s, reads the highest position
 //! and, if no admitted watcher depends on the old head, moves its head there without publishing
 //! what lies before (nobody was there to receive it; every watcher admitted from now on reads the
 //! table after this, so it replays at least that far). Then it follows as above.
@@ -27,6 +30,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::sequencer::FOLLOW_LOCK;
 use super::{CHANNEL, FeedConfig, FeedEvent, Listening, Shared, within};
 use crate::store::StoreError;
 use crate::store::events::{event_from_row, events_after_sql};
@@ -122,9 +126,12 @@ async fn session(
             } else {
                 let since = *unwanted_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= settings.listener_linger && stop_following(shared, sender) {
+                    // Stamps stop notifying once nobody holds `FOLLOW_LOCK` (one round trip).
                     within(
                         settings.query_timeout,
-                        client.batch_execute(&format!("UNLISTEN {CHANNEL}")),
+                        client.batch_execute(&format!(
+                            "UNLISTEN {CHANNEL}; SELECT pg_advisory_unlock_shared({FOLLOW_LOCK})"
+                        )),
                     )
                     .await?;
                     following = false;
@@ -134,10 +141,16 @@ async fn session(
                 }
             }
         } else if wanted {
-            // LISTEN first: every batch stamped after the read below is then notified.
+            // The follow lock first, then LISTEN, then the read below: every stamp either saw
+            // the lock and notifies, or held it exclusively and committed before the lock was
+            // granted, so the read covers it (`FOLLOW_LOCK` says why). One round trip; the lock is
+            // session-level, so it outlives this implicit transaction and goes with the
+            // connection.
             within(
                 settings.query_timeout,
-                client.batch_execute(&format!("LISTEN {CHANNEL}")),
+                client.batch_execute(&format!(
+                    "SELECT pg_advisory_lock_shared({FOLLOW_LOCK}); LISTEN {CHANNEL}"
+                )),
             )
             .await?;
             let row = within(settings.query_timeout, client.query_one(&highest, &[])).await?;

@@ -3,9 +3,11 @@
 //!
 //! - `sequencer`: one task per replica stamps a dense `global_sequence` on committed events, in
 //!   batches of everything visible, one stamp at a time across all replicas (a transaction-level
-//!   advisory lock), and sends one NOTIFY per batch. It is woken by this replica's commits
-//!   (`Feed::nudge`), and stamps them itself; the leader (a session-level advisory lock) adds a 1 s
-//!   safety poll for events nobody nudged about (a replica that crashed after its commit).
+//!   advisory lock), and sends one NOTIFY per batch, only if some listener follows the feed
+//!   (`FOLLOW_LOCK`: a NOTIFY wakes every listening backend, whatever its channel). It is woken by
+//!   this replica's commits (`Feed::nudge`), and stamps them itself; the leader (a session-level
+//!   advisory lock) adds a 1 s safety poll for events nobody nudged about (a replica that crashed
+//!   after its commit).
 //! - `listener`: one connection per replica; while this replica has watchers it `LISTEN`s, and on
 //!   each wake-up reads the newly stamped events from the table and publishes them on one
 //!   in-process broadcast channel. With no watcher it stops listening and reads nothing (a replica
@@ -31,7 +33,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use sequencer::{FEED_LOCK, STAMP_LOCK};
+pub use sequencer::{FEED_LOCK, FOLLOW_LOCK, STAMP_LOCK};
 
 use crate::store::{Backlog, Store, StoreError};
 
