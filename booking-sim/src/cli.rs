@@ -220,8 +220,8 @@ pub struct LoadArgs {
     #[arg(long, value_parser = booking_sim::load::parse_rate)]
     pub rate: Option<booking_sim::load::Rate>,
     /// Instead of one run per flow: the measured phase at each of these concurrencies
-    /// (comma-separated, e.g. 1,2,4,8,16,32,64) on one stack per flow, each step followed at once
-    /// by the PostgreSQL ceiling at as many clients (pgbench, --ceiling-secs); one table row per
+    /// (comma-separated, e.g. 1,2,4,8,16,32,64) on one stack per flow, then the PostgreSQL ceiling
+    /// at each (pgbench, --ceiling-secs per step, the replicas stopped); one table row per
     /// concurrency. Each step pays min(--payments, max(500, 100 x callers)) fresh orders after
     /// min(--warmup, max(50, 10 x callers)): a few seconds per step here, about 4 minutes for
     /// both flows with the defaults. --rate is not used.

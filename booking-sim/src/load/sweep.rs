@@ -3,13 +3,12 @@
 //!
 //! Per flow, one stack (database, simulator, replicas) serves every step: a step is the load's
 //! own warm-up and closed-loop measured phase ([`Measure`]) at that many callers, on fresh orders
-//! of its own, then pgbench's ceiling at as many clients on the same database, right away. Right
-//! away rather than once the replicas stopped (as the plain load does): on a shared machine the
-//! background load moves within minutes, and the two figures of a row must see the same machine;
-//! the idle replicas' own work (heartbeats, the feed's 1 s safety poll) is a few queries a second
-//! against pgbench's hundreds of payments. The per-step PostgreSQL and Redis counters are left out
-//! (they need the replicas stopped, or an idle window, per step), so a step costs only its
-//! payments and its ceiling. At the end the sweep's orders are counted in the database (every one
+//! of its own. The per-step PostgreSQL and Redis counters are left out (they need the replicas
+//! stopped, or an idle window, per step), so a step costs only its payments. Once every step ran,
+//! the replicas stop and pgbench measures the ceiling at each concurrency with the server to
+//! itself, as the plain load does. Not right after each step with the replicas idle: their
+//! pools and 64 pgbench clients went past PostgreSQL's 100 connections. The price: on a shared
+//! machine a row's two figures are minutes apart (the chart notes the load average). The orders are counted in the database before that (every one
 //! of every step PAID), and each step checks the gateway's ledger (charged once) as the load does.
 //!
 //! Step sizes ([`step_payments`], [`step_warmup`]) grow with the concurrency so that each step
@@ -18,13 +17,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use gateway_client::Flow;
 use rand::Rng;
 
 use super::{
-    LoadConfig, Measure, Target, ceiling, chart, extra, report::FlowReport, requests_to_remember,
-    services::Owned,
+    BACKENDS_GUARD, LoadConfig, Measure, Target, ceiling, chart, extra, report::FlowReport,
+    requests_to_remember, services::Owned,
 };
 use crate::{chaos::progress::say, sim_control::SimControl};
 
@@ -113,8 +112,7 @@ impl FlowSweep {
             self.flow,
             self.replicas,
             match self.ceiling_secs {
-                Some(secs) =>
-                    format!("pgbench {secs} s right after each step, same SQL, same clients"),
+                Some(secs) => format!("pgbench {secs} s per step, same SQL, same clients"),
                 None => "not measured".to_owned(),
             }
         );
@@ -319,7 +317,7 @@ pub async fn run(mut config: LoadConfig, sweep: SweepConfig) -> anyhow::Result<S
     })
 }
 
-/// One flow's stack and its steps, each with its ceiling; also PostgreSQL's version for the chart.
+/// One flow's stack, its steps, then the ceilings; also PostgreSQL's version for the chart.
 async fn sweep_flow(
     config: &LoadConfig,
     concurrencies: &[usize],
@@ -330,7 +328,7 @@ async fn sweep_flow(
     say(&format!(
         "phase: {flow}: a fresh database, simulator and replicas for the whole sweep"
     ));
-    let stack = owned.start_flow(flow).await?;
+    let mut stack = owned.start_flow(flow).await?;
     let urls = stack.urls();
     let tls = payments_client::TlsFiles::default();
     let result = async {
@@ -362,7 +360,7 @@ async fn sweep_flow(
                 pids: stack.pids(),
                 prefix: format!("load-{run_id}-{flow}-c{concurrency}"),
             };
-            let mut report = measure.run(&step_config, None).await?;
+            let report = measure.run(&step_config, None).await?;
             say(&format!(
                 "  {concurrency} callers: {:.1} payments/s, p99 {}",
                 report.payments_per_sec(),
@@ -370,15 +368,41 @@ async fn sweep_flow(
                     .latency
                     .map_or_else(|| "n/a".to_owned(), |p| extra::ms(p.p99))
             ));
-            if config.ceiling {
-                report.ceiling =
-                    Some(step_ceiling(config, &stack.database_url, flow, concurrency).await);
-            }
             steps.push(report);
         }
-        let database = our_orders(&stack.database_url, &format!("load-{run_id}-{flow}-")).await?;
+        let database = owned.pg.orders(&stack.db_name).await?;
         let version = pg_version(&stack.database_url).await;
         let ceiling_secs = config.ceiling.then_some(config.ceiling_duration.as_secs());
+        if config.ceiling {
+            say(&format!(
+                "phase: {flow}: stopping the replicas; the PostgreSQL ceiling at each concurrency \
+                 (pgbench, {:.0} s each)",
+                config.ceiling_duration.as_secs_f64()
+            ));
+            stack.stop_replicas().await?;
+            owned
+                .pg
+                .wait_no_backends(&stack.db_name, BACKENDS_GUARD)
+                .await?;
+            for step in &mut steps {
+                let clients = u32::try_from(step.concurrency)
+                    .unwrap_or(u32::MAX)
+                    .min(ceiling::MAX_CONCURRENCY);
+                let measured =
+                    ceiling::measure(&stack.database_url, flow, clients, config.ceiling_duration)
+                        .await;
+                match &measured {
+                    Ok(c) => say(&format!(
+                        "  ceiling at {clients} clients: {:.1} payments/s",
+                        c.payments_per_sec
+                    )),
+                    Err(error) => say(&format!(
+                        "  the ceiling at {clients} clients could not be measured: {error:#}"
+                    )),
+                }
+                step.ceiling = Some(measured.map_err(|e| format!("{e:#}")));
+            }
+        }
         anyhow::Ok((
             FlowSweep {
                 flow,
@@ -393,50 +417,6 @@ async fn sweep_flow(
     .await;
     owned.finish_flow(stack).await;
     result
-}
-
-/// pgbench at `concurrency` clients right after the step, the replicas idle.
-async fn step_ceiling(
-    config: &LoadConfig,
-    database_url: &str,
-    flow: Flow,
-    concurrency: usize,
-) -> Result<ceiling::Ceiling, String> {
-    let clients = u32::try_from(concurrency)
-        .unwrap_or(u32::MAX)
-        .min(ceiling::MAX_CONCURRENCY);
-    say(&format!(
-        "phase: {flow}: the PostgreSQL ceiling at {clients} clients (pgbench, {:.0} s, the \
-         replicas idle)",
-        config.ceiling_duration.as_secs_f64()
-    ));
-    let measured = ceiling::measure(database_url, flow, clients, config.ceiling_duration).await;
-    match &measured {
-        Ok(c) => say(&format!("  ceiling: {:.1} payments/s", c.payments_per_sec)),
-        Err(error) => say(&format!("  the ceiling could not be measured: {error:#}")),
-    }
-    measured.map_err(|e| format!("{e:#}"))
-}
-
-/// How many of the orders whose id starts with `prefix` there are, and how many are PAID (the
-/// ceiling's own orders, numeric ids, are left out).
-async fn our_orders(database_url: &str, prefix: &str) -> anyhow::Result<(i64, i64)> {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to the flow's database")?;
-    let task = tokio::spawn(connection);
-    let row = client
-        .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'PAID') FROM orders \
-             WHERE starts_with(order_id, $1)",
-            &[&prefix],
-        )
-        .await
-        .context("counting the sweep's orders");
-    drop(client);
-    let _ = task.await;
-    let row = row?;
-    Ok((row.get(0), row.get(1)))
 }
 
 /// `15.4` of the server the sweep ran on; `None` if it could not be read (the chart says less).
@@ -480,7 +460,7 @@ fn machine_note(pg_version: Option<&str>, load: Option<f64>, replicas: usize) ->
     format!(
         "{}: {cores} cores{memory}, PostgreSQL{} and Redis local{}\n{replicas} coordinator \
          replicas, simulator answering at once, closed loop, fresh orders; ceiling: pgbench, \
-         same SQL, right after each step",
+         same SQL, replicas stopped",
         date(unix),
         pg_version.map_or_else(String::new, |v| format!(" {v}")),
         load.map_or_else(String::new, |l| format!(
