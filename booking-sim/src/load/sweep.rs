@@ -5,11 +5,12 @@
 //! own warm-up and closed-loop measured phase ([`Measure`]) at that many callers, on fresh orders
 //! of its own. The per-step PostgreSQL and Redis counters are left out (they need the replicas
 //! stopped, or an idle window, per step), so a step costs only its payments. Once every step ran,
-//! the replicas stop and pgbench measures the ceiling at each concurrency with the server to
-//! itself, as the plain load does. Not right after each step with the replicas idle: their
-//! pools and 64 pgbench clients went past PostgreSQL's 100 connections. The price: on a shared
-//! machine a row's two figures are minutes apart (the chart notes the load average). The orders are counted in the database before that (every one
-//! of every step PAID), and each step checks the gateway's ledger (charged once) as the load does.
+//! the orders are counted in the database (every one of every step PAID; each step also checks
+//! the gateway's ledger, charged once, as the load does), then the replicas stop and pgbench
+//! measures the ceiling at each concurrency with the server to itself, as the plain load does.
+//! Not right after each step with the replicas idle: their pools and 64 pgbench clients went past
+//! PostgreSQL's 100 connections. The price: on a shared machine a row's two figures are minutes
+//! apart (the chart notes the load average at the start).
 //!
 //! Step sizes ([`step_payments`], [`step_warmup`]) grow with the concurrency so that each step
 //! lasts a few seconds at the rates of this machine: the default sweep of both flows takes about
