@@ -60,6 +60,12 @@ pub struct FeedConfig {
     /// stamp following (a replica that crashed between its commit and its stamp, a writer that does
     /// not nudge). Not on the normal path: every replica stamps after its own commits.
     pub sequencer_idle: Duration,
+    /// Least time between two stamps of one replica started by nudges. Every commit with events
+    /// nudges; stamping each at once made the stamps (a commit each, taking turns on one lock
+    /// across the replicas) outnumber the payments under load. Spaced, a stamp takes what several
+    /// commits made visible. A nudge after a quiet moment is stamped at once: this delays
+    /// delivery only while the feed is busy, by at most this long. Payments never wait for it.
+    pub stamp_spacing: Duration,
     /// How often a replica that does not lead tries to take the sequencer's lock.
     pub leader_retry: Duration,
     /// How often a listener with watchers reads the table without a notification (a missed wake-up
@@ -83,6 +89,7 @@ impl Default for FeedConfig {
             channel_capacity: 4096,
             stamp_batch: 500,
             sequencer_idle: Duration::from_secs(1),
+            stamp_spacing: Duration::from_millis(10),
             leader_retry: Duration::from_secs(1),
             listener_tick: Duration::from_secs(1),
             listener_linger: Duration::from_secs(10),

@@ -162,6 +162,9 @@ async fn session(
         .await?,
         stamp: within(settings.query_timeout, client.prepare(&stamp_sql())).await?,
     };
+    // When this replica last stamped: nudges within `stamp_spacing` of it wait for the rest.
+    let now = tokio::time::Instant::now();
+    let mut last_stamp = now.checked_sub(settings.stamp_spacing).unwrap_or(now);
     loop {
         let row = within(
             settings.query_timeout,
@@ -179,7 +182,11 @@ async fn session(
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut driver => return Err(lost()),
             // Events committed here: stamp them now rather than wait for the leader's poll.
-            _ = nudge.notified() => stamp_visible(&client, &statements, settings, shared).await?,
+            _ = nudge.notified() => {
+                tokio::time::sleep_until(last_stamp + settings.stamp_spacing).await;
+                stamp_visible(&client, &statements, settings, shared).await?;
+                last_stamp = tokio::time::Instant::now();
+            }
             _ = tokio::time::sleep(settings.leader_retry) => {}
         }
     }
@@ -188,6 +195,7 @@ async fn session(
 
     loop {
         stamp_visible(&client, &statements, settings, shared).await?;
+        last_stamp = tokio::time::Instant::now();
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -195,7 +203,9 @@ async fn session(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut driver => return Err(lost()),
-            _ = nudge.notified() => {}
+            _ = nudge.notified() => {
+                tokio::time::sleep_until(last_stamp + settings.stamp_spacing).await;
+            }
             _ = tokio::time::sleep(settings.sequencer_idle) => {}
         }
     }
