@@ -710,7 +710,7 @@ async fn a_review_item_carries_the_intent_id_it_knows_and_the_gateway_keys() {
     let (items, _) = list_all(&mut reviewer, 10).await;
     assert_eq!(items.len(), 1, "{items:?}");
     let item = &items[0];
-    assert_eq!(item.gateway_payment_ids, [intent.clone()]);
+    assert_eq!(item.gateway_payment_ids, [intent.as_str()]);
     for key in ["pay:rev-ids:1:create", "pay:rev-ids:1:confirm"] {
         assert!(
             item.gateway_idempotency_keys.contains(&key.to_owned()),

@@ -950,7 +950,7 @@ mod tests {
                 .count();
             assert_eq!(statements, statements_per_payment(flow));
             // Every transaction is one statement, committed on its own.
-            assert!(!body.iter().any(|l| *l == "START TRANSACTION;"), "{flow}");
+            assert!(!body.contains(&"START TRANSACTION;"), "{flow}");
             assert!(
                 script.contains(
                     ":key_before_attempt::text || attempt_count::text || :create_after_attempt::text"
