@@ -1043,17 +1043,24 @@ mod tests {
             .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
             .with_writer(move || writer.clone())
             .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        // Tests run in parallel threads of one process: a callsite first met on another thread
-        // (no subscriber there) may have cached "never interested"; recompute with ours in place.
-        tracing::callsite::rebuild_interest_cache();
 
         let server = serve(vec![
+            canned(200, &[], INTENT),
             canned(429, &[("retry-after", "0")], ""),
             canned(200, &[], INTENT),
         ])
         .await;
         let client = client(server.addr, 2);
+        // Tests run in parallel threads of one process, and a callsite registered on another
+        // thread while no subscriber of ours existed caches "never interested". So every
+        // callsite of the call is registered first (a call made before our subscriber, logged
+        // nowhere), then the interest of all of them is recomputed with ours in place: a
+        // registration racing with our rebuild can no longer hide a span.
+        let _ = client
+            .create_intent(&create(), &IdempotencyKey::create("ord-0", 1))
+            .await;
+        let _guard = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
         tracing::info!(?client, "built");
         let reply = client
             .create_intent(&create(), &IdempotencyKey::create("ord-1", 1))
