@@ -256,6 +256,7 @@ fn classify_outcome<T: DeserializeOwned>(
                         .unwrap_or_else(|| "card_declined".to_owned()),
                     message: error
                         .message
+                        .filter(|m| !m.trim().is_empty())
                         .unwrap_or_else(|| "the card was declined".to_owned()),
                     intent_id,
                 }
@@ -296,8 +297,10 @@ fn rejected<T>(status: u16, error: Option<crate::model::ApiError>) -> Outcome<T>
     let error = error.unwrap_or_default();
     Outcome::Rejected {
         status,
+        // An empty message says nothing: an operator reading the review needs a sentence.
         message: error
             .message
+            .filter(|m| !m.trim().is_empty())
             .unwrap_or_else(|| format!("HTTP {status} without an error message")),
         error_type: error.error_type,
         code: error.code,
@@ -448,6 +451,21 @@ mod tests {
                 reason: UnknownReason::UnreadableAnswer,
                 ..
             }
+        ));
+    }
+
+    /// Found by the property test in CI: `{"error":{"message":""}}` gave an empty message.
+    #[test]
+    fn an_empty_error_message_is_replaced_by_a_sentence() {
+        let empty = r#"{"error":{"message":""}}"#;
+        assert!(matches!(
+            pi(400, &[], empty).outcome,
+            Outcome::Rejected { ref message, .. } if message == "HTTP 400 without an error message"
+        ));
+        let declined = r#"{"error":{"type":"card_error","message":"  "}}"#;
+        assert!(matches!(
+            pi(402, &[], declined).outcome,
+            Outcome::Declined { ref message, .. } if message == "the card was declined"
         ));
     }
 
