@@ -199,9 +199,13 @@ pub struct LoadArgs {
     /// race: callers on one fresh order at once.
     #[arg(long, default_value_t = 100)]
     pub race_callers: usize,
-    /// race: orders raced in turn (for stable percentiles).
-    #[arg(long, default_value_t = 20)]
+    /// race: orders raced in turn and measured (for stable percentiles).
+    #[arg(long, default_value_t = 100)]
     pub race_orders: usize,
+    /// race: orders raced first and not measured (the replicas open their PostgreSQL
+    /// connections during the first; it is printed on a row of its own).
+    #[arg(long, default_value_t = 5)]
+    pub race_warmup: usize,
     /// scale: orders already in the tables, per measurement (1M takes about 75 s to generate).
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     pub scale_orders: Vec<usize>,
@@ -604,6 +608,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         race: load::race::RaceConfig {
             callers: args.race_callers,
             orders: args.race_orders,
+            warmup: args.race_warmup,
         },
         scale: load::scale::ScaleConfig {
             sizes: args.scale_orders,

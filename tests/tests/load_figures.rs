@@ -53,6 +53,8 @@ async fn a_tiny_run_of_each_figure_prints_its_rows_and_its_checks_hold() {
         "10",
         "--race-orders",
         "2",
+        "--race-warmup",
+        "1",
         "--scale-orders",
         "200,2000",
         "--scale-payments",
@@ -73,19 +75,24 @@ async fn a_tiny_run_of_each_figure_prints_its_rows_and_its_checks_hold() {
 
     let race = section(
         &stdout,
-        "race (two_phase): 10 callers on one fresh order at once, 2 orders",
+        "race (two_phase): 10 callers on one fresh order at once, 2 orders after 1 warm-up",
     );
     assert!(
         row(race, "refusal latency").contains("(18 refusals)"),
         "{race}"
     );
     assert!(row(race, "refusal latency").starts_with("p50 "), "{race}");
+    // The warm-up race is measured apart, and its order's ledger checked with the others'.
+    assert!(
+        row(race, "first race, cold replicas").contains("(9 refusals)"),
+        "{race}"
+    );
     assert!(row(race, "answers").contains("PAID 2"), "{race}");
     assert_eq!(
         checks(race),
         [
             "every call answered PAID or refused as a race: 20 of 20 (18 refused)",
-            "exactly one gateway charge per order (one intent, charged once, 2 call(s)): 2 of 2",
+            "exactly one gateway charge per order (one intent, charged once, 2 call(s)): 3 of 3",
             "at most one caller answered PAID per order: most 1",
         ],
         "{race}"
