@@ -257,6 +257,11 @@ pub struct LoadArgs {
     /// The replicas' RUST_LOG.
     #[arg(long, default_value = "info")]
     pub replica_log: String,
+    /// Each replica's tokio worker threads (0: tokio's default, one per core). Three replicas
+    /// share this machine's cores; one thread each is what a pod limited to one CPU gets (tokio
+    /// sizes its pool from the CPU quota), and spares the cores the threads' hand-offs.
+    #[arg(long, default_value_t = 1)]
+    pub replica_workers: usize,
     /// Keep the work directory (replica logs) even when the run went right.
     #[arg(long)]
     pub keep_work_dir: bool,
@@ -582,6 +587,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             coordinator_bin: args.coordinator_bin,
             coordinator_args: args.coordinator_arg,
             replica_log: args.replica_log,
+            replica_workers: (args.replica_workers > 0).then_some(args.replica_workers),
             operators: args.concurrency,
             remembered_requests: load::requests_to_remember(
                 args.warmup,

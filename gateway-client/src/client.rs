@@ -645,7 +645,9 @@ fn log_reply<T>(span: &tracing::Span, reply: &Reply<T>) {
     span.record("outcome", reply.outcome.kind());
     let _entered = span.enter();
     match &reply.outcome {
-        Outcome::Succeeded(_) => tracing::info!(
+        // A success is the common case and the attempt's own lines say what came of it: logged
+        // at debug so that each payment costs two info lines, not four.
+        Outcome::Succeeded(_) => tracing::debug!(
             replayed = reply.replayed,
             tries = reply.tries,
             request_id = reply.request_id.as_deref(),

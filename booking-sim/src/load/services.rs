@@ -37,6 +37,9 @@ pub struct OwnedConfig {
     pub coordinator_args: Vec<String>,
     /// The replicas' `RUST_LOG`.
     pub replica_log: String,
+    /// Each replica's tokio worker threads (`TOKIO_WORKER_THREADS`); `None`: tokio's default,
+    /// one per core the replica may use.
+    pub replica_workers: Option<usize>,
     /// Operator keys to make (one per caller).
     pub operators: usize,
     /// Requests the simulator must remember for the overhead figures.
@@ -212,7 +215,13 @@ impl Owned {
                 extra: extra.clone(),
                 log: self.dir.join(format!("{replica_id}.log")),
                 listen: None,
-                env: vec![("RUST_LOG".to_owned(), self.config.replica_log.clone())],
+                env: std::iter::once(("RUST_LOG".to_owned(), self.config.replica_log.clone()))
+                    .chain(
+                        self.config
+                            .replica_workers
+                            .map(|n| ("TOKIO_WORKER_THREADS".to_owned(), n.max(1).to_string())),
+                    )
+                    .collect(),
             };
             let process = ReplicaProcess::spawn(spec)
                 .await

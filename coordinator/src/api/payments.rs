@@ -207,7 +207,8 @@ impl Coordinator {
             feed.nudge();
         }
         tracing::Span::current().record("attempt", attempt.number);
-        tracing::info!(
+        // The store logged "attempt started" at info as it committed.
+        tracing::debug!(
             attempt = attempt.number,
             fence = attempt.fence,
             "attempt committed"

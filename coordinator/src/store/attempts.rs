@@ -130,7 +130,6 @@ impl Store {
                 Ok(Some(row)) => {
                     let order = order_from_row(&row)?;
                     let attempt = attempt_from_row(&row)?;
-                    tracing::Span::current().record("attempt", attempt.number);
                     tracing::info!(
                         order_id = %new.order_id,
                         attempt = attempt.number,
