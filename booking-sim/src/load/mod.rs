@@ -52,6 +52,8 @@ const BACKENDS_GUARD: Duration = Duration::from_secs(30);
 /// How long the idle replicas' own commits (feed, gate and recovery polling) are counted before
 /// the measured phase, to tell them from the payments'.
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
+/// How long the one-client pgbench run (the latency floor under the open loop's overhead) lasts.
+const FLOOR_SECS: u64 = 3;
 
 /// What to drive.
 #[derive(Clone)]
@@ -307,6 +309,22 @@ async fn run_owned_flow(
             say(&format!("  the ceiling could not be measured: {error:#}"));
         }
         report.ceiling = Some(measured.map_err(|e| format!("{e:#}")));
+        if config.rate.is_some() {
+            // The open loop's overhead includes PostgreSQL's own time for the payment's
+            // statements; what that time is with nothing else running is the floor under it.
+            say(&format!(
+                "phase: {}: the same SQL alone, one pgbench client, {FLOOR_SECS} s",
+                stack.flow
+            ));
+            let floor = ceiling::measure(
+                &stack.database_url,
+                stack.flow,
+                1,
+                Duration::from_secs(FLOOR_SECS),
+            )
+            .await;
+            report.floor = Some(floor.map_err(|e| format!("{e:#}")));
+        }
     }
     Ok(report)
 }
@@ -605,6 +623,7 @@ impl Measure<'_> {
             pg_commits,
             idle_commits_per_sec,
             ceiling: None,
+            floor: None,
             redis_calls,
             redis_is_ours: self.redis_is_ours,
             rss,

@@ -67,6 +67,9 @@ pub struct FlowReport {
     pub rss: Vec<(String, Option<f64>)>,
     /// The PostgreSQL ceiling of the flow (none: not measured), or why it could not be.
     pub ceiling: Option<Result<Ceiling, String>>,
+    /// The same SQL with one pgbench client and nothing else running (only with an open loop): the
+    /// part of any overhead figure that is PostgreSQL's own, durable commits included.
+    pub floor: Option<Result<Ceiling, String>>,
     /// Warm-up and measured payments together: what the database and ledger must show.
     pub expected_orders: usize,
     pub checked: Checked,
@@ -344,6 +347,22 @@ impl FlowReport {
                     Err(error) => format!("not measured: {error}"),
                 },
             );
+            if let Some(floor) = &self.floor {
+                row(
+                    &mut t,
+                    "PostgreSQL alone, 1 client",
+                    match floor {
+                        Ok(f) => format!(
+                            "{:.2} ms per payment's SQL (pgbench, {} payments, {} commits each): \
+                             the floor under the open-loop overhead",
+                            f.latency_ms_avg,
+                            f.transactions,
+                            ceiling::commits_per_payment(self.flow)
+                        ),
+                        Err(error) => format!("not measured: {error}"),
+                    },
+                );
+            }
             if let Ok(c) = measured {
                 row(
                     &mut t,
@@ -417,6 +436,7 @@ mod tests {
             redis_is_ours: true,
             rss: vec![("r0".to_owned(), Some(20.0)), ("r1".to_owned(), None)],
             ceiling: None,
+            floor: None,
             expected_orders: 12,
             checked: Checked {
                 database: Some((12, 12)),
@@ -451,6 +471,37 @@ mod tests {
             );
         }
         assert!(!table.contains("MISMATCH"));
+    }
+
+    #[test]
+    fn the_one_client_floor_is_printed_with_the_ceiling() {
+        let measured = |concurrency, payments_per_sec, latency_ms_avg| Ceiling {
+            flow: Flow::OneShot,
+            concurrency,
+            payments_per_sec,
+            transactions: 900,
+            failed: 0,
+            latency_ms_avg,
+            run_id: 1,
+            script: String::new(),
+        };
+        let mut report = report();
+        report.ceiling = Some(Ok(measured(4, 1000.0, 4.0)));
+        report.floor = Some(Ok(measured(1, 400.0, 2.5)));
+        let table = report.table();
+        assert!(
+            table.contains(
+                "PostgreSQL alone, 1 client       2.50 ms per payment's SQL (pgbench, 900 \
+                 payments, 3 commits each): the floor under the open-loop overhead"
+            ),
+            "{table}"
+        );
+        report.floor = Some(Err("pgbench failed".to_owned()));
+        assert!(
+            report
+                .table()
+                .contains("PostgreSQL alone, 1 client       not measured: pgbench failed")
+        );
     }
 
     #[test]
