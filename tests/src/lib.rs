@@ -8,3 +8,4 @@ pub mod pg;
 pub mod process;
 pub mod redis;
 pub mod review;
+pub mod console;
