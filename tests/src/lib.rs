@@ -8,4 +8,5 @@ pub mod pg;
 pub mod process;
 pub mod redis;
 pub mod review;
+pub mod browser;
 pub mod console;
