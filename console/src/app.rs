@@ -13,6 +13,7 @@ use axum::{
 };
 use axum_extra::extract::cookie::Key;
 use payments_client::WatchClient;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, transport::Channel};
 
 use crate::{live, pages, security, session::Session, settings::Settings};
@@ -26,6 +27,9 @@ pub struct AppState {
     key: Key,
     /// Whether the session cookie is `Secure`.
     pub secure_cookie: bool,
+    /// Cancelled at shutdown: the live streams end, so that the graceful shutdown does not
+    /// wait for browsers that never close them.
+    pub shutdown: CancellationToken,
 }
 
 impl FromRef<AppState> for Key {
@@ -42,6 +46,7 @@ impl AppState {
             channel,
             key: settings.cookie_key()?,
             secure_cookie: settings.secure_cookie,
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -118,8 +123,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     println!("console listening on http://{addr}");
     tracing::info!(%addr, coordinator = %settings.coordinator_url, "console started");
+    let shutdown = state.shutdown.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: ending the live streams");
+            shutdown.cancel();
+        })
         .await
         .context("serving HTTP")?;
     tracing::info!("console stopped");

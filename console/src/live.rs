@@ -14,7 +14,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use payments_client::Follower;
 use payments_proto::v1 as pb;
 use serde::Deserialize;
@@ -123,7 +123,8 @@ pub async fn order(
     if let Err(status) = follower.open().await {
         return refused(status);
     }
-    Sse::new(events(follower, "order", |e| e.sequence))
+    let stop = state.shutdown.clone().cancelled_owned();
+    Sse::new(events(follower, "order", |e| e.sequence).take_until(stop))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -144,7 +145,8 @@ pub async fn feed(
     if let Err(status) = follower.open().await {
         return refused(status);
     }
-    Sse::new(events(follower, "feed", |e| e.global_sequence))
+    let stop = state.shutdown.clone().cancelled_owned();
+    Sse::new(events(follower, "feed", |e| e.global_sequence).take_until(stop))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -112,6 +112,20 @@ impl ConsoleProcess {
         format!("{}{path}", self.url)
     }
 
+    /// `kill -TERM` (a graceful stop), then waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the console is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::time::timeout(GUARD, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("never happened: the console exits; log:\n{}", self.log()))
+            .expect("wait for the console")
+    }
+
     /// What the console logged so far (stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -8,11 +8,12 @@
 use integration_tests::checks::{GUARD, charges};
 use integration_tests::console::ConsoleProcess;
 use integration_tests::coordinator::{
-    ADMIN, OPERATOR, REVIEWER, Replica, SERVICE, TestEnv, key_for,
+    ADMIN, OPERATOR, OPERATOR_2, REVIEWER, Replica, SERVICE, TestEnv, key_for,
 };
 use integration_tests::review;
 use payments_proto::v1 as pb;
 use reqwest::{StatusCode, header};
+use serde_json::json;
 
 /// A browser without a browser: one cookie (the session), no redirects followed.
 struct Web {
@@ -714,6 +715,92 @@ async fn the_reviews_csv_has_a_header_and_one_row_per_open_item() {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let error = error_text(&refused.text().await.expect("body")).expect("error");
     assert_eq!(error, "Your key's role may not do this: ask an admin.");
+    drop(console);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_busy_order_sends_the_second_operator_to_follow_the_holders_attempt() {
+    let (env, replica, console) = world().await;
+    // A slow gateway keeps Alice's attempt in flight while Bob presses pay.
+    env.sim_control
+        .set_faults(json!({ "latency_ms": 5000 }))
+        .await
+        .expect("slow gateway");
+    let alice = Web::sign_in(&console, OPERATOR).await;
+    let bob = Web::sign_in(&console, OPERATOR_2).await;
+    let alice_form = pay_form(&alice, "o-busy", "pm_card_visa").await;
+    let bob_form = pay_form(&bob, "o-busy", "pm_card_visa").await;
+    let started = alice.post("/pay", &pairs(&alice_form)).await;
+    assert_eq!(location(&started), "/orders/o-busy");
+
+    let refused = bob.post("/pay", &pairs(&bob_form)).await;
+    assert_eq!(refused.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&refused), "/orders/o-busy?busy=1");
+    let page = bob.page("/orders/o-busy?busy=1").await;
+    let error = error_text(&page).expect("the refusal in words");
+    assert!(
+        error.starts_with("Operator op-alice is already paying this order (since ")
+            && error.ends_with("). Its outcome appears below."),
+        "{error}"
+    );
+    assert!(
+        page.contains("<p id=\"holder\" aria-live=\"polite\">op-alice is paying this order since "),
+        "{page}"
+    );
+    assert!(page.contains(
+        "data-state=\"AWAITING_CONFIRMATION\" aria-live=\"polite\">Awaiting confirmation"
+    ));
+
+    // Bob follows it live from what his page showed, to the outcome.
+    let after = page
+        .split("data-live-url=\"/orders/o-busy/live?after=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page names its stream")
+        .to_owned();
+    let stream = bob.get(&format!("/orders/o-busy/live?after={after}")).await;
+    let messages = read_sse_until(stream, "ATTEMPT_SUCCEEDED").await;
+    let last: serde_json::Value =
+        serde_json::from_str(messages.last().expect("a message")).expect("JSON");
+    assert_eq!(last["actor"], OPERATOR);
+    assert_eq!(last["holder"], "", "nobody holds a paid order");
+    let page = bob.page("/orders/o-busy").await;
+    assert!(
+        page.contains("data-state=\"PAID\" aria-live=\"polite\">Paid"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<p id=\"holder\" aria-live=\"polite\" hidden>"),
+        "{page}"
+    );
+    assert_eq!(charges(&env, "o-busy").await, 1, "exactly one charge");
+    drop(console);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_live_streams_and_stops_the_console() {
+    let (env, replica, mut console) = world().await;
+    let web = Web::sign_in(&console, OPERATOR).await;
+    let form = pay_form(&web, "o-stop", "pm_card_visa").await;
+    web.post("/pay", &pairs(&form)).await;
+    let mut stream = web.get("/orders/o-stop/live?after=0").await;
+    // The stream is open (its first event arrived), then the console is told to stop.
+    let first = tokio::time::timeout(GUARD, stream.chunk())
+        .await
+        .expect("never happened: a first event")
+        .expect("chunk");
+    assert!(first.is_some());
+    let status = console.terminate().await;
+    assert!(status.success(), "{status:?}: {}", console.log());
+    // What the stream still held, then its end (not a hang).
+    let end = async { while let Ok(Some(_)) = stream.chunk().await {} };
+    tokio::time::timeout(GUARD, end)
+        .await
+        .expect("never happened: the stream ends");
     drop(console);
     replica.stop().await;
     env.cleanup().await;
