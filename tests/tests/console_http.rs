@@ -354,6 +354,12 @@ async fn forms_without_the_sessions_csrf_token_are_refused_and_do_nothing() {
 
 /// Reads the SSE stream until an `order` message whose data names `kind`; returns the data.
 async fn read_sse_until(response: reqwest::Response, kind: &str) -> Vec<String> {
+    read_named_sse_until(response, "order", kind).await
+}
+
+/// Reads the SSE stream until a message named `name` whose data names `kind`; returns the data
+/// of every message so named.
+async fn read_named_sse_until(response: reqwest::Response, name: &str, kind: &str) -> Vec<String> {
     let mut response = response;
     let mut buffer = String::new();
     let mut messages = Vec::new();
@@ -373,7 +379,10 @@ async fn read_sse_until(response: reqwest::Response, kind: &str) -> Vec<String> 
                     .filter_map(|l| l.strip_prefix("data:"))
                     .map(str::trim_start)
                     .collect();
-                if message.lines().any(|l| l.trim() == "event: order") {
+                if message
+                    .lines()
+                    .any(|l| l.trim() == format!("event: {name}"))
+                {
                     messages.push(data.clone());
                     if data.contains(&wanted) {
                         return;
@@ -477,6 +486,43 @@ async fn pay_goes_to_the_order_page_which_shows_paid_once_the_stream_delivered_i
     assert_eq!(again.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&again), "/orders/o-live");
     assert_eq!(charges(&env, "o-live").await, 1);
+
+    // A partial refund by a reviewer, then what remains; more than that is refused in words.
+    let reviewer = Web::sign_in(&console, REVIEWER).await;
+    let refund_page = reviewer.page("/orders/o-live/refund").await;
+    assert!(refund_page.contains("<p id=\"refundable\">Refundable: 12.50 EUR</p>"));
+    let refund = |page: &str, amount: &str| {
+        vec![
+            ("csrf_token".to_owned(), hidden(page, "csrf_token")),
+            (
+                "idempotency_key".to_owned(),
+                hidden(page, "idempotency_key"),
+            ),
+            ("amount".to_owned(), amount.to_owned()),
+            ("reason".to_owned(), "a broken bulb".to_owned()),
+        ]
+    };
+    let refunded = reviewer
+        .post(
+            "/orders/o-live/refund",
+            &pairs(&refund(&refund_page, "2.50")),
+        )
+        .await;
+    assert_eq!(refunded.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&refunded), "/orders/o-live");
+    let refund_page = reviewer.page("/orders/o-live/refund").await;
+    assert!(refund_page.contains("<p id=\"refundable\">Refundable: 10.00 EUR</p>"));
+    let too_much = reviewer
+        .post(
+            "/orders/o-live/refund",
+            &pairs(&refund(&refund_page, "20.00")),
+        )
+        .await;
+    assert_eq!(too_much.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error = error_text(&too_much.text().await.expect("body")).expect("error");
+    assert!(error.contains("at most 10.00 EUR"), "{error}");
+    let page = reviewer.page("/orders/o-live").await;
+    assert!(page.contains("refunded 2.50 EUR"), "{page}");
     drop(console);
     replica.stop().await;
     env.cleanup().await;
@@ -801,6 +847,44 @@ async fn sigterm_ends_the_live_streams_and_stops_the_console() {
     tokio::time::timeout(GUARD, end)
         .await
         .expect("never happened: the stream ends");
+    drop(console);
+    replica.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_feed_shows_the_latest_events_and_follows_new_ones_live() {
+    let (env, replica, console) = world().await;
+    let operator = Web::sign_in(&console, OPERATOR).await;
+    let form = pay_form(&operator, "o-feed-1", "pm_card_visa").await;
+    operator.post("/pay", &pairs(&form)).await;
+    read_sse_until(
+        operator.get("/orders/o-feed-1/live?after=0").await,
+        "ATTEMPT_SUCCEEDED",
+    )
+    .await;
+
+    let service = Web::sign_in(&console, SERVICE).await;
+    let page = service.page("/feed").await;
+    assert!(page.contains("<ol id=\"feed\""), "{page}");
+    assert!(page.contains("ATTEMPT_SUCCEEDED PAID op-alice"), "{page}");
+    let after = page
+        .split("data-live-url=\"/feed/live?after=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page names its stream")
+        .to_owned();
+    assert_ne!(after, "0", "the stream resumes after what the page shows");
+
+    // A payment after the page was read arrives on the live stream, and only it.
+    let stream = service.get(&format!("/feed/live?after={after}")).await;
+    let form = pay_form(&operator, "o-feed-2", "pm_card_visa").await;
+    operator.post("/pay", &pairs(&form)).await;
+    let messages = read_named_sse_until(stream, "feed", "ATTEMPT_SUCCEEDED").await;
+    for message in &messages {
+        let event: serde_json::Value = serde_json::from_str(message).expect("JSON");
+        assert_eq!(event["order_id"], "o-feed-2", "{messages:?}");
+    }
     drop(console);
     replica.stop().await;
     env.cleanup().await;

@@ -2,9 +2,10 @@
 //! (`WatchEvents`: service and admin roles; others see the API's refusal).
 //!
 //! No RPC says where the feed's head is, so the page replays `WatchEvents` from the start and
-//! keeps the last [`LATEST`] events, stopping once the stream has been quiet for [`QUIET`] (the
-//! replay is done: what follows is live) or after [`AT_MOST`]. Nothing can be missed either
-//! way: the live stream resumes after the last event shown.
+//! keeps the last [`LATEST`] events, stopping once the stream has been quiet for [`QUIET`] after
+//! an event (the replay is done: what follows is live) or after [`AT_MOST`]. Nothing can be
+//! missed either way: the live stream resumes after the last event shown. (A long history is
+//! replayed whole on every visit: an RPC giving the feed's head would spare that.)
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -33,7 +34,10 @@ async fn latest(state: &AppState, session: &Session) -> Result<Vec<pb::OrderEven
     let mut latest = VecDeque::with_capacity(LATEST);
     let deadline = tokio::time::Instant::now() + AT_MOST;
     loop {
-        let next = tokio::time::timeout(QUIET, stream.message());
+        // The first event may take a moment (a busy replica); after it, the replay comes
+        // back to back, and a pause means it is done.
+        let quiet = if latest.is_empty() { AT_MOST } else { QUIET };
+        let next = tokio::time::timeout(quiet, stream.message());
         match tokio::time::timeout_at(deadline, next).await {
             Ok(Ok(Ok(Some(event)))) => {
                 if latest.len() == LATEST {
