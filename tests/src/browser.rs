@@ -26,12 +26,23 @@ use crate::checks::{GUARD, wait_for};
 /// How to install what the tests need, printed when it is missing.
 const INSTALL: &str = "apt-get install -y chromium chromium-driver";
 
-/// `$name` if set, else the first of `candidates` that exists.
-fn find_binary(var: &str, candidates: &[&str]) -> Option<PathBuf> {
+/// `$var` if set (and there), else the first of `candidates` that exists, else `name` on `PATH`.
+fn find_binary(var: &str, candidates: &[&str], name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var) {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
-    candidates.iter().map(PathBuf::from).find(|p| p.exists())
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
+        .unwrap_or_else(Vec::new);
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .chain(on_path)
+        .find(|p| p.is_file())
 }
 
 /// One chromedriver and the browser sessions it started.
@@ -52,15 +63,18 @@ impl Browser {
         let chromium = find_binary(
             "CHROMIUM",
             &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+            "chromium",
         );
         let driver = find_binary(
             "CHROMEDRIVER",
             &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
+            "chromedriver",
         );
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
             eprintln!(
                 "SKIPPED: the console's browser tests need Debian's chromium and chromium-driver \
-                 (/usr/bin/chromium, /usr/bin/chromedriver), which are not installed: {INSTALL}"
+                 (/usr/bin/chromium, /usr/bin/chromedriver, or $CHROMIUM and $CHROMEDRIVER), \
+                 which are not installed: {INSTALL}"
             );
             return None;
         };
