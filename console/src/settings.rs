@@ -29,7 +29,8 @@ pub struct Settings {
     pub tls: TlsFiles,
 
     /// Key encrypting the session cookies: 64 bytes or more, as hex or base64. Default: a random
-    /// key per start (every session ends when the console restarts).
+    /// key per start (every session ends when the console restarts). Prefer the environment
+    /// variable: a flag shows in the process list.
     #[arg(long, env = "CONSOLE_SESSION_KEY", hide_env_values = true)]
     pub session_key: Option<String>,
 
