@@ -688,3 +688,97 @@ async fn a_form_without_its_csrf_token_is_refused() {
     replica.stop().await;
     env.cleanup().await;
 }
+
+/// What a page offers a keyboard and screen-reader user, and whether it fits a narrow screen:
+/// one `<main id="main">` with one `<h1>`, every visible form control with a label, and no
+/// horizontal scrolling of the page itself (wide tables scroll inside their own box).
+const PAGE_CHECK: &str = r#"
+const controls = [...document.querySelectorAll('input, select, textarea')]
+  .filter(c => c.type !== 'hidden');
+const unlabelled = controls.filter(c =>
+  !(c.id && document.querySelector(`label[for="${c.id}"]`)) && !c.closest('label')
+  && !c.getAttribute('aria-label') && !c.getAttribute('aria-labelledby'))
+  .map(c => c.outerHTML);
+return {
+  main: document.querySelectorAll('main#main').length,
+  h1: document.querySelectorAll('main h1').length,
+  unlabelled,
+  alert: document.querySelectorAll('#error[role="alert"]').length <= 1,
+  overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+};
+"#;
+
+async fn check_page(session: &Client, what: &str) {
+    let report = session
+        .execute(PAGE_CHECK, vec![])
+        .await
+        .expect("run the page check");
+    assert_eq!(report["main"], 1, "{what}: one main#main: {report}");
+    assert_eq!(report["h1"], 1, "{what}: one h1: {report}");
+    assert_eq!(report["unlabelled"], json!([]), "{what}: labels: {report}");
+    assert_eq!(report["alert"], true, "{what}: {report}");
+    assert!(
+        report["overflow"].as_i64().is_some_and(|o| o <= 0),
+        "{what}: the page scrolls sideways on a narrow screen: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_work_with_a_keyboard_on_a_narrow_screen() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let env = TestEnv::new().await;
+    let replica = env.replica("r0", &[]).await;
+    let console = ConsoleProcess::spawn(&replica.url).await;
+    let alice = browser.session().await;
+    alice
+        .set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+
+    // Sign in and pay with the keyboard alone: type, then Enter submits.
+    const ENTER: &str = "\u{E007}";
+    alice
+        .goto(&format!("{}/signin", console.url()))
+        .await
+        .expect("open /signin");
+    check_page(&alice, "/signin").await;
+    wait_for_element(&alice, "#api_key")
+        .await
+        .send_keys(&format!("{}{ENTER}", key_for(OPERATOR)))
+        .await
+        .expect("type the key and press Enter");
+    wait_for_path(&alice, "/pay").await;
+    check_page(&alice, "/pay").await;
+    let order = "console-keyboard-1";
+    fill(&alice, "#order_id", order).await;
+    fill(&alice, "#amount", "12.50").await;
+    fill(&alice, "#customer_id", "cust-console").await;
+    fill(&alice, "#items", "sku-mug 2 5.00\nsku-card 1 2.50").await;
+    wait_for_element(&alice, "#payment_method")
+        .await
+        .send_keys(&format!("pm_card_visa{ENTER}"))
+        .await
+        .expect("type the method and press Enter");
+    wait_for_path(&alice, &format!("/orders/{order}")).await;
+    wait_for_element(&alice, r#"#order-state[data-state="PAID"]"#).await;
+    wait_for_text(&alice, "#order-amount", "12.50").await;
+    check_page(&alice, "the order page").await;
+    assert_eq!(charges(&env, order).await, 1);
+
+    // Pages the operator's role may not use say so in words, and are still whole pages.
+    for page in ["/reviews", "/feed"] {
+        alice
+            .goto(&format!("{}{page}", console.url()))
+            .await
+            .expect("open the page");
+        wait_for_text(&alice, "#error", "ask an admin").await;
+        check_page(&alice, page).await;
+    }
+
+    browser.close().await;
+    drop(console);
+    replica.stop().await;
+    env.cleanup().await;
+}
