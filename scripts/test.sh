@@ -6,7 +6,9 @@
 #   3. the throwaway PostgreSQL/Redis helpers start, answer and stop;
 #   4. every crate's tests against real services: the simulator over real HTTP, and (from the
 #      coordinator issue on) the coordinator over real gRPC with PostgreSQL and Redis found or
-#      started here (DATABASE_URL_BASE, REDIS_URL are exported to the tests);
+#      started here (DATABASE_URL_BASE, REDIS_URL are exported to the tests); the web console's
+#      browser tests drive headless Chromium through chromedriver (installed with apt-get when
+#      run as root; otherwise they skip, saying so);
 #   5. bounded runs of the fuzz targets, when nightly Rust and cargo-fuzz are installed.
 #
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p gateway-client).
@@ -45,12 +47,14 @@ scripts/check-services.sh
 
 ensure_postgres
 ensure_redis
+ensure_chromium
 
 say "cargo test"
 # tests/tests/crash.rs runs the real coordinator binary (kill -9, SIGSTOP), tests/tests/payctl.rs
-# the real payctl binary, tests/tests/checker.rs and secrets.rs the real booking-sim binary:
+# the real payctl binary, tests/tests/checker.rs and secrets.rs the real booking-sim binary,
+# tests/tests/console_http.rs and console_browser.rs the real console binary:
 # build them first (also when only some tests are asked for).
-cargo build --quiet -p coordinator -p payctl -p booking-sim --bins
+cargo build --quiet -p coordinator -p payctl -p booking-sim -p console --bins
 cargo test --workspace "$@"
 
 # Bounded runs of the three cargo-fuzz targets (fuzz/README.md), when nightly Rust and cargo-fuzz

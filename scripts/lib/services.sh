@@ -98,3 +98,23 @@ ensure_redis() {
     start_throwaway_redis
   fi
 }
+
+# ensure_chromium: Chromium and ChromeDriver for the console's browser tests
+# (tests/tests/console_browser.rs). Installed with apt-get when running as root; otherwise a
+# warning with the exact command, and those tests skip saying why. Never fatal: every other test
+# runs without a browser.
+ensure_chromium() {
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    return 0
+  fi
+  if is_root && command -v apt-get >/dev/null; then
+    say "installing chromium chromium-driver with apt-get (the console's browser tests)"
+    if DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; then
+      return 0
+    fi
+    warn "apt-get install chromium chromium-driver failed: the browser tests will be skipped"
+  else
+    warn "chromium or chromedriver missing: the browser tests will be skipped (install with: sudo apt-get install -y chromium chromium-driver)"
+  fi
+}
