@@ -1,6 +1,7 @@
 // The console's only script (served as /assets/console.js; no inline code: the CSP forbids it).
 // A page that names a stream in <body data-live-url> follows it with EventSource: `order`
-// messages append to #events and update #order-state and #holder; `feed` messages are put on
+// messages append to #events and update #order-state and #holder; `attempts` messages (the
+// server's rendering of the attempts table after that event) replace #attempts; `feed` messages are put on
 // top of #feed; a `failure` message is shown in #error and ends the stream. <body data-live>
 // says where the stream stands ("open" once connected).
 (function () {
@@ -87,6 +88,19 @@
     };
     source.addEventListener("order", function (message) {
       onOrder(JSON.parse(message.data));
+    });
+    source.addEventListener("attempts", function (message) {
+      var table = document.getElementById("attempts");
+      if (!table) {
+        return;
+      }
+      // Parsed inert in a template (nothing in it runs), then put in place of the old table.
+      var template = document.createElement("template");
+      template.innerHTML = message.data;
+      var fresh = template.content.querySelector("table#attempts");
+      if (fresh) {
+        table.replaceWith(fresh);
+      }
     });
     source.addEventListener("feed", function (message) {
       onFeed(JSON.parse(message.data));

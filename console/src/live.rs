@@ -2,7 +2,10 @@
 //! `/feed/live` from `WatchEvents`, each with the signed-in operator's key and a resuming
 //! [`payments_client::Follower`] (a replica going away is bridged). A browser's `EventSource`
 //! resumes with `Last-Event-ID` (the event's sequence); the page gives the first `after`.
-//! A refusal is sent as one `failure` event in words, then the stream ends.
+//! A refusal is sent as one `failure` event in words, then the stream ends. On the order's
+//! stream each event is followed by an `attempts` message: the attempts table rendered again
+//! from `GetOrder` (outcomes, times, gateway ids and errors change without a new event kind of
+//! their own), which the page puts in place of its table.
 
 use std::convert::Infallible;
 
@@ -20,7 +23,13 @@ use payments_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{app::AppState, errors, pages::order::holder_text, session::Session, views};
+use crate::{
+    app::AppState,
+    errors,
+    pages::order::{attempts_table, holder_text},
+    session::Session,
+    views,
+};
 
 #[derive(Deserialize)]
 pub struct After {
@@ -105,6 +114,49 @@ fn refused(status: tonic::Status) -> Response {
     Sse::new(stream::iter([Ok::<_, Infallible>(failure(&status))])).into_response()
 }
 
+/// The order's events as `order` messages, each followed by an `attempts` message with the
+/// attempts table as it is after that event (none when the order cannot be read just then: the
+/// next event brings it).
+fn order_events(
+    follower: Follower,
+    client: payments_client::WatchClient,
+    order_id: String,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(Some(follower), move |follower| {
+        let (client, order_id) = (client.clone(), order_id.clone());
+        async move {
+            let mut follower = follower?;
+            match follower.next().await {
+                Ok(Some(event)) => {
+                    let mut messages = vec![Ok(Event::default()
+                        .event("order")
+                        .id(event.sequence.to_string())
+                        .data(event_json(&event).to_string()))];
+                    match client
+                        .client()
+                        .get_order(pb::GetOrderRequest { order_id })
+                        .await
+                    {
+                        Ok(order) => messages.push(Ok(Event::default()
+                            .event("attempts")
+                            .data(attempts_table(&order.into_inner()).into_string()))),
+                        Err(status) => {
+                            tracing::info!(code = ?status.code(), "attempts table not refreshed");
+                        }
+                    }
+                    Some((stream::iter(messages), Some(follower)))
+                }
+                Ok(None) => None,
+                Err(status) => {
+                    tracing::info!(code = ?status.code(), "live stream refused");
+                    Some((stream::iter(vec![Ok(failure(&status))]), None))
+                }
+            }
+        }
+    })
+    .flatten()
+}
+
 /// `GET /orders/{order_id}/live?after=N`.
 pub async fn order(
     State(state): State<AppState>,
@@ -124,7 +176,7 @@ pub async fn order(
         return refused(status);
     }
     let stop = state.shutdown.clone().cancelled_owned();
-    Sse::new(events(follower, "order", |e| e.sequence).take_until(stop))
+    Sse::new(order_events(follower, client, order_id).take_until(stop))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

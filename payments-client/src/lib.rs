@@ -132,6 +132,25 @@ impl WatchClient {
     ) -> Result<Streaming<pb::OrderEvent>, Status> {
         let request = pb::WatchEventsRequest {
             after_global_sequence,
+            last: 0,
+        };
+        Ok(self
+            .client
+            .clone()
+            .watch_events(request)
+            .await?
+            .into_inner())
+    }
+
+    /// One `WatchEvents` stream starting with at most the `last` newest events (`last` above 0),
+    /// then live ones: a screen of the latest events without replaying the whole history.
+    pub async fn watch_latest_events(
+        &self,
+        last: i64,
+    ) -> Result<Streaming<pb::OrderEvent>, Status> {
+        let request = pb::WatchEventsRequest {
+            after_global_sequence: 0,
+            last,
         };
         Ok(self
             .client

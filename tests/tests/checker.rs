@@ -541,6 +541,7 @@ async fn the_callers_rows_judge_a_real_feed_and_real_states() {
     let mut stream = service
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect("WatchEvents")

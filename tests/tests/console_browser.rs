@@ -196,6 +196,16 @@ async fn two_operators_pay_the_same_order_at_once_and_it_is_charged_once() {
         "no reload on the loser's page"
     );
     wait_for_text(loser, "#events", "ATTEMPT_SUCCEEDED").await;
+    // The attempts table follows too: the row's outcome and the charge's intent id, no reload.
+    for page in [winner, loser] {
+        wait_for_text(
+            page,
+            r#"#attempts tr.attempt[data-number="1"]"#,
+            "succeeded",
+        )
+        .await;
+        wait_for_text(page, r#"#attempts tr.attempt[data-number="1"]"#, "pi_").await;
+    }
     screenshot(winner, "order-live").await;
 
     assert_eq!(

@@ -50,6 +50,7 @@ async fn sixty_orders_over_three_replicas_reach_a_watcher_gap_free_and_resumable
     let mut live = watcher
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect("watch")
@@ -114,6 +115,7 @@ async fn sixty_orders_over_three_replicas_reach_a_watcher_gap_free_and_resumable
     let mut resumed = other
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: cursor,
+            last: 0,
         })
         .await
         .expect("resume")
@@ -131,13 +133,61 @@ async fn sixty_orders_over_three_replicas_reach_a_watcher_gap_free_and_resumable
         .await
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect("again")
         .into_inner();
     assert_eq!(take(&mut again, 180).await, events);
 
-    drop((live, resumed, again));
+    // `last`: only the newest events, then live ones; a cursor beyond them wins; a negative
+    // `last` is refused.
+    let mut latest = replicas[1]
+        .client(SERVICE)
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            after_global_sequence: 0,
+            last: 5,
+        })
+        .await
+        .expect("latest")
+        .into_inner();
+    assert_eq!(take(&mut latest, 5).await, events[175..].to_vec());
+    let mut beyond = replicas[2]
+        .client(SERVICE)
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            after_global_sequence: 178,
+            last: 50,
+        })
+        .await
+        .expect("beyond")
+        .into_inner();
+    assert_eq!(take(&mut beyond, 2).await, events[178..].to_vec());
+    let refused = replicas[0]
+        .client(SERVICE)
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            after_global_sequence: 0,
+            last: -1,
+        })
+        .await
+        .expect_err("a negative last is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    // Both follow live after what they replayed: the next order's first event reaches them.
+    payers[0]
+        .1
+        .clone()
+        .process_payment(pay("feed-after-latest", "k-latest", true))
+        .await
+        .expect("paid");
+    for stream in [&mut latest, &mut beyond] {
+        let next = take(stream, 1).await;
+        assert_eq!(next[0].global_sequence, 181, "{next:?}");
+        assert_eq!(next[0].order_id, "feed-after-latest");
+    }
+
+    drop((live, resumed, again, latest, beyond));
     for r in replicas {
         r.stop().await;
     }

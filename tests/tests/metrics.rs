@@ -250,6 +250,7 @@ async fn metrics_count_payments_refusals_gateway_calls_and_watchers() {
     let mut events = service
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect("WatchEvents")
@@ -320,6 +321,7 @@ async fn metrics_count_payments_refusals_gateway_calls_and_watchers() {
     let forbidden = operator
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect_err("operators may not watch the whole feed");

@@ -201,6 +201,7 @@ async fn partial_then_full_refunds_are_undo_events_and_never_exceed_what_was_pai
     let mut feed = service
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect("feed")

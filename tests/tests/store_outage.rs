@@ -149,6 +149,7 @@ async fn follow(
                     match client
                         .watch_events(pb::WatchEventsRequest {
                             after_global_sequence: cursor,
+                            last: 0,
                         })
                         .await
                     {
@@ -177,6 +178,7 @@ async fn a_watcher_loses_nothing_across_a_postgres_restart() {
     let mut stream = service
         .watch_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
+            last: 0,
         })
         .await
         .expect("watch")

@@ -1,11 +1,11 @@
 //! `GET /feed`: the latest events of all orders, newest first, then live from `/feed/live`
 //! (`WatchEvents`: service and admin roles; others see the API's refusal).
 //!
-//! No RPC says where the feed's head is, so the page replays `WatchEvents` from the start and
-//! keeps the last [`LATEST`] events, stopping once the stream has been quiet for [`QUIET`] after
-//! an event (the replay is done: what follows is live) or after [`AT_MOST`]. Nothing can be
-//! missed either way: the live stream resumes after the last event shown. (A long history is
-//! replayed whole on every visit: an RPC giving the feed's head would spare that.)
+//! The page asks `WatchEvents` for the [`LATEST`] newest events only (`last`), so a long history
+//! is never replayed. With that many, the replay is complete as soon as they arrived; a younger
+//! feed with fewer is complete once the stream has been quiet for [`QUIET`] after an event (or
+//! after [`AT_MOST`]). Nothing can be missed either way: the live stream resumes after the last
+//! event shown.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -30,7 +30,7 @@ const AT_MOST: Duration = Duration::from_secs(3);
 
 async fn latest(state: &AppState, session: &Session) -> Result<Vec<pb::OrderEvent>, tonic::Status> {
     let client = state.client(session)?;
-    let mut stream = client.watch_events(0).await?;
+    let mut stream = client.watch_latest_events(LATEST as i64).await?;
     let mut latest = VecDeque::with_capacity(LATEST);
     let deadline = tokio::time::Instant::now() + AT_MOST;
     loop {
@@ -40,10 +40,10 @@ async fn latest(state: &AppState, session: &Session) -> Result<Vec<pb::OrderEven
         let next = tokio::time::timeout(quiet, stream.message());
         match tokio::time::timeout_at(deadline, next).await {
             Ok(Ok(Ok(Some(event)))) => {
-                if latest.len() == LATEST {
-                    latest.pop_front();
-                }
                 latest.push_back(event);
+                if latest.len() == LATEST {
+                    break;
+                }
             }
             Ok(Ok(Ok(None))) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(Err(status))) => return Err(status),

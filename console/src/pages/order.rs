@@ -170,37 +170,7 @@ fn content(order: &pb::Order, events: &[pb::OrderEvent], path: &str) -> Markup {
             }
         }
         h2 { "Attempts" }
-        div class="table-wrap" {
-            table id="attempts" {
-                caption class="visually-hidden" { "Payment attempts" }
-                thead { tr {
-                    th scope="col" { "#" } th scope="col" { "Operator" } th scope="col" { "Started" }
-                    th scope="col" { "Finished" } th scope="col" { "Outcome" }
-                    th scope="col" { "Gateway payment id" } th scope="col" { "Decline" }
-                    th scope="col" { "Errors" }
-                } }
-                tbody {
-                    @for a in &order.attempts {
-                        tr class="attempt" data-number=(a.number) {
-                            td { (a.number) }
-                            td { (a.operator_id) }
-                            td { (views::time(a.started_at.as_ref())) }
-                            td { (views::time(a.finished_at.as_ref())) }
-                            td { (views::outcome_name(a.outcome())) }
-                            td { (a.gateway_payment_id) }
-                            td { (a.decline_code) @if !a.failure_message.is_empty() { " " (a.failure_message) } }
-                            td {
-                                @if !a.errors.is_empty() {
-                                    ul { @for e in &a.errors {
-                                        li { (views::time(e.occurred_at.as_ref())) " " (e.step) ": " (e.message) }
-                                    } }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        div class="table-wrap" { (attempts_table(order)) }
         @if !order.refunds.is_empty() {
             h2 { "Refunds" }
             ul id="refunds" {
@@ -218,6 +188,43 @@ fn content(order: &pb::Order, events: &[pb::OrderEvent], path: &str) -> Markup {
         ol id="events" aria-live="polite" {
             @for e in events {
                 li class="event" data-sequence=(e.sequence) { (views::event_text(e)) }
+            }
+        }
+    }
+}
+
+/// The attempts table: rendered with the page, and again after each live event (the `attempts`
+/// SSE message of `/orders/{id}/live` replaces it), so outcomes, times, gateway ids and errors
+/// appear without a reload.
+pub fn attempts_table(order: &pb::Order) -> Markup {
+    html! {
+        table id="attempts" {
+            caption class="visually-hidden" { "Payment attempts" }
+            thead { tr {
+                th scope="col" { "#" } th scope="col" { "Operator" } th scope="col" { "Started" }
+                th scope="col" { "Finished" } th scope="col" { "Outcome" }
+                th scope="col" { "Gateway payment id" } th scope="col" { "Decline" }
+                th scope="col" { "Errors" }
+            } }
+            tbody {
+                @for a in &order.attempts {
+                    tr class="attempt" data-number=(a.number) {
+                        td { (a.number) }
+                        td { (a.operator_id) }
+                        td { (views::time(a.started_at.as_ref())) }
+                        td { (views::time(a.finished_at.as_ref())) }
+                        td { (views::outcome_name(a.outcome())) }
+                        td { (a.gateway_payment_id) }
+                        td { (a.decline_code) @if !a.failure_message.is_empty() { " " (a.failure_message) } }
+                        td {
+                            @if !a.errors.is_empty() {
+                                ul { @for e in &a.errors {
+                                    li { (views::time(e.occurred_at.as_ref())) " " (e.step) ": " (e.message) }
+                                } }
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -83,13 +83,30 @@ impl Coordinator {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Error> {
         let _caller = caller(&request)?;
-        let after = request.get_ref().after_global_sequence;
+        let (after, last) = (
+            request.get_ref().after_global_sequence,
+            request.get_ref().last,
+        );
         if after < 0 {
             return Err(Error::InvalidRequest(crate::domain::Violations::single(
                 "after_global_sequence",
                 "must be 0 or more",
             )));
         }
+        if last < 0 {
+            return Err(Error::InvalidRequest(crate::domain::Violations::single(
+                "last",
+                "must be 0 (no limit) or more",
+            )));
+        }
+        // The newest `last` only: start below the head PostgreSQL has stamped now (this
+        // replica's own published head may lag it), never before the caller's cursor.
+        let after = if last > 0 {
+            let head = self.store.feed_head().await?;
+            after.max(head.saturating_sub(last))
+        } else {
+            after
+        };
         let stream = take_through(self.feed.events_after(after), false);
         Ok(Response::new(Box::pin(stream)))
     }
