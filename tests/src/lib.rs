@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 
+pub mod browser;
 pub mod checks;
+pub mod console;
 pub mod coordinator;
 pub mod gateway_sim;
 pub mod payctl;
@@ -8,5 +10,3 @@ pub mod pg;
 pub mod process;
 pub mod redis;
 pub mod review;
-pub mod browser;
-pub mod console;

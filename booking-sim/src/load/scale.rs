@@ -228,7 +228,9 @@ async fn populate_with(
         .context("VACUUM (ANALYZE)")?;
     if let Err(error) = client.batch_execute("CHECKPOINT").await {
         // Only a superuser (or pg_checkpoint) may; without it the figure is still right, noisier.
-        say(&format!("  no CHECKPOINT after generating ({error}): measuring anyway"));
+        say(&format!(
+            "  no CHECKPOINT after generating ({error}): measuring anyway"
+        ));
     }
     Ok(())
 }
