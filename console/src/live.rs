@@ -49,18 +49,19 @@ fn resume_point(headers: &HeaderMap, query: &After) -> i64 {
 }
 
 /// The JSON an `order` (or `feed`) SSE message carries: the event and what the page shows.
-pub fn event_json(event: &pb::OrderEvent) -> serde_json::Value {
+/// `me` is the signed-in key's id (the holder line says "You" for its own attempts).
+pub fn event_json(event: &pb::OrderEvent, me: Option<&str>) -> serde_json::Value {
     let state = event.state();
     let declined =
         (event.kind() == pb::EventKind::AttemptDeclined).then_some(event.detail.as_str());
-    let holder = match (event.kind(), state) {
-        (pb::EventKind::AttemptStarted, pb::OrderState::AwaitingConfirmation) => Some(holder_text(
-            &event.actor,
-            &views::time(event.occurred_at.as_ref()),
-        )),
-        (_, pb::OrderState::AwaitingConfirmation) => None,
-        _ => Some(String::new()),
-    };
+    let holder =
+        match (event.kind(), state) {
+            (pb::EventKind::AttemptStarted, pb::OrderState::AwaitingConfirmation) => Some(
+                holder_text(me, &event.actor, &views::time(event.occurred_at.as_ref())),
+            ),
+            (_, pb::OrderState::AwaitingConfirmation) => None,
+            _ => Some(String::new()),
+        };
     json!({
         "global_sequence": event.global_sequence,
         "order_id": event.order_id,
@@ -97,7 +98,7 @@ fn events(
                 let message = Event::default()
                     .event(name)
                     .id(position(&event).to_string())
-                    .data(event_json(&event).to_string());
+                    .data(event_json(&event, None).to_string());
                 Some((Ok(message), Some(follower)))
             }
             Ok(None) => None,
@@ -121,9 +122,10 @@ fn order_events(
     follower: Follower,
     client: payments_client::WatchClient,
     order_id: String,
+    me: Option<String>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(Some(follower), move |follower| {
-        let (client, order_id) = (client.clone(), order_id.clone());
+        let (client, order_id, me) = (client.clone(), order_id.clone(), me.clone());
         async move {
             let mut follower = follower?;
             match follower.next().await {
@@ -131,7 +133,7 @@ fn order_events(
                     let mut messages = vec![Ok(Event::default()
                         .event("order")
                         .id(event.sequence.to_string())
-                        .data(event_json(&event).to_string()))];
+                        .data(event_json(&event, me.as_deref()).to_string()))];
                     match client
                         .client()
                         .get_order(pb::GetOrderRequest { order_id })
@@ -176,7 +178,8 @@ pub async fn order(
         return refused(status);
     }
     let stop = state.shutdown.clone().cancelled_owned();
-    Sse::new(order_events(follower, client, order_id).take_until(stop))
+    let me = session.caller_id().map(str::to_owned);
+    Sse::new(order_events(follower, client, order_id, me).take_until(stop))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -216,7 +219,7 @@ mod tests {
             sequence: 2,
             ..Default::default()
         };
-        let json = event_json(&started);
+        let json = event_json(&started, None);
         assert_eq!(json["state"], "AWAITING_CONFIRMATION");
         assert_eq!(json["state_text"], "Awaiting confirmation");
         assert!(
@@ -224,13 +227,20 @@ mod tests {
                 .as_str()
                 .is_some_and(|h| h.starts_with("op-bob is paying"))
         );
+        let mine = event_json(&started, Some("op-bob"));
+        assert!(
+            mine["holder"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("You are paying this order since")),
+            "{mine}"
+        );
         let declined = pb::OrderEvent {
             kind: pb::EventKind::AttemptDeclined.into(),
             state: pb::OrderState::Pending.into(),
             detail: "generic_decline".into(),
             ..Default::default()
         };
-        let json = event_json(&declined);
+        let json = event_json(&declined, None);
         assert_eq!(json["state_text"], "Declined: generic_decline");
         assert_eq!(json["holder"], "");
         assert_eq!(json["kind"], "ATTEMPT_DECLINED");

@@ -46,6 +46,11 @@ pub fn page(
                                 li { a href="/reviews" { "Reviews" } }
                                 li { a href="/feed" { "Feed" } }
                             }
+                            @if let Some(id) = chrome.session.caller_id() {
+                                p id="signed-in-as" {
+                                    "Signed in as " strong { (id) } " (" (role_name(chrome.session.role())) ")"
+                                }
+                            }
                             form id="signout-form" method="post" action="/signout" {
                                 (csrf(chrome.session))
                                 button type="submit" { "Sign out" }
@@ -85,22 +90,36 @@ fn banner(chrome: &Chrome<'_>) -> Markup {
         section id="payments-status" data-accepting=(accepting) aria-label="Payments status"
             class=(if accepting { "accepting" } else { "paused" }) {
             p { (text) }
-            @if accepting {
-                form id="pause-form" method="post" action="/payments/pause" {
-                    (csrf(chrome.session))
-                    input type="hidden" name="back" value=(chrome.back);
-                    label for="pause-reason" { "Reason" }
-                    input id="pause-reason" name="reason" type="text" required;
-                    button type="submit" { "Pause payments" }
-                }
-            } @else {
-                form id="resume-form" method="post" action="/payments/resume" {
-                    (csrf(chrome.session))
-                    input type="hidden" name="back" value=(chrome.back);
-                    button type="submit" { "Resume payments" }
+            // Pausing and resuming are an admin's: other roles see the status only.
+            @if chrome.session.may(&[pb::CallerRole::Admin]) {
+                @if accepting {
+                    form id="pause-form" method="post" action="/payments/pause" {
+                        (csrf(chrome.session))
+                        input type="hidden" name="back" value=(chrome.back);
+                        label for="pause-reason" { "Reason" }
+                        input id="pause-reason" name="reason" type="text" required;
+                        button type="submit" { "Pause payments" }
+                    }
+                } @else {
+                    form id="resume-form" method="post" action="/payments/resume" {
+                        (csrf(chrome.session))
+                        input type="hidden" name="back" value=(chrome.back);
+                        button type="submit" { "Resume payments" }
+                    }
                 }
             }
         }
+    }
+}
+
+/// A role in words: `operator`, `reviewer`, `service`, `admin` (the keys file's names).
+pub fn role_name(role: pb::CallerRole) -> &'static str {
+    match role {
+        pb::CallerRole::Operator => "operator",
+        pb::CallerRole::Reviewer => "reviewer",
+        pb::CallerRole::Service => "service",
+        pb::CallerRole::Admin => "admin",
+        pb::CallerRole::Unspecified => "role unknown",
     }
 }
 

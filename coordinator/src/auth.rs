@@ -84,10 +84,11 @@ pub enum Rpc {
     PausePayments,
     ResumePayments,
     GetPaymentsStatus,
+    GetCaller,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 10] = [
+    pub const ALL: [Rpc; 11] = [
         Rpc::ProcessPayment,
         Rpc::GetOrder,
         Rpc::WatchOrder,
@@ -98,6 +99,7 @@ impl Rpc {
         Rpc::PausePayments,
         Rpc::ResumePayments,
         Rpc::GetPaymentsStatus,
+        Rpc::GetCaller,
     ];
 
     /// The method name as in the proto (`ProcessPayment`).
@@ -113,6 +115,7 @@ impl Rpc {
             Rpc::PausePayments => "PausePayments",
             Rpc::ResumePayments => "ResumePayments",
             Rpc::GetPaymentsStatus => "GetPaymentsStatus",
+            Rpc::GetCaller => "GetCaller",
         }
     }
 
@@ -138,6 +141,7 @@ impl fmt::Display for Rpc {
 ///
 /// `GetPaymentsStatus` is open to every role: it is read-only and tells an operator or a
 /// consuming service why new payments are refused, which each of them needs to know.
+/// `GetCaller` too: it tells a caller only what its own key already is.
 pub fn allowed(role: Role, rpc: Rpc) -> bool {
     use Role::*;
     match rpc {
@@ -148,7 +152,7 @@ pub fn allowed(role: Role, rpc: Rpc) -> bool {
             matches!(role, Reviewer | Admin)
         }
         Rpc::PausePayments | Rpc::ResumePayments => matches!(role, Admin),
-        Rpc::GetPaymentsStatus => true,
+        Rpc::GetPaymentsStatus | Rpc::GetCaller => true,
     }
 }
 
@@ -897,7 +901,7 @@ mod tests {
     fn the_role_table() {
         use Role::*;
         use Rpc::*;
-        let table: [(Rpc, &[Role]); 10] = [
+        let table: [(Rpc, &[Role]); 11] = [
             (ProcessPayment, &[Operator, Reviewer, Admin]),
             (GetOrder, &[Operator, Reviewer, Service, Admin]),
             (WatchOrder, &[Operator, Reviewer, Service, Admin]),
@@ -908,6 +912,7 @@ mod tests {
             (PausePayments, &[Admin]),
             (ResumePayments, &[Admin]),
             (GetPaymentsStatus, &[Operator, Reviewer, Service, Admin]),
+            (GetCaller, &[Operator, Reviewer, Service, Admin]),
         ];
         for (rpc, roles) in table {
             for role in Role::ALL {

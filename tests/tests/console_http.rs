@@ -452,7 +452,8 @@ async fn pay_goes_to_the_order_page_which_shows_paid_once_the_stream_delivered_i
         page.contains("<p id=\"order-state\" data-state=\"PAID\""),
         "{page}"
     );
-    assert!(page.contains("id=\"refund-link\" href=\"/orders/o-live/refund\""));
+    // Refunds are a reviewer's or an admin's: an operator's page offers none.
+    assert!(!page.contains("refund-link") && !page.contains("refund-slot"));
     assert!(page.contains("class=\"attempt\" data-number=\"1\""));
     assert!(page.contains("ATTEMPT_SUCCEEDED PAID op-alice"), "{page}");
     assert_eq!(charges(&env, "o-live").await, 1, "one charge in the ledger");
@@ -577,7 +578,13 @@ async fn an_operator_pausing_payments_gets_the_role_refusal_in_words() {
     let (env, replica, console) = world().await;
     let operator = Web::sign_in(&console, OPERATOR).await;
     let page = operator.page("/pay").await;
-    assert!(page.contains("id=\"pause-form\""));
+    // The console knows who signed in (GetCaller) and offers pausing to admins only; the API
+    // still refuses an operator's pause sent anyway.
+    assert!(
+        page.contains("Signed in as <strong>op-alice</strong> (operator)"),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"pause-form\""), "{page}");
     let response = operator
         .post(
             "/payments/pause",
@@ -619,7 +626,11 @@ async fn an_operator_pausing_payments_gets_the_role_refusal_in_words() {
             && page.contains(": gateway maintenance"),
         "{page}"
     );
-    assert!(page.contains("id=\"resume-form\""));
+    assert!(!page.contains("id=\"resume-form\""), "{page}");
+    assert!(
+        admin.page("/pay").await.contains("id=\"resume-form\""),
+        "the admin is offered to resume"
+    );
     let form = pay_form(&operator, "o-paused", "pm_card_visa").await;
     let refused = operator.post("/pay", &pairs(&form)).await;
     let error = error_text(&refused.text().await.expect("body")).expect("error");
@@ -798,6 +809,13 @@ async fn a_busy_order_sends_the_second_operator_to_follow_the_holders_attempt() 
     assert!(page.contains(
         "data-state=\"AWAITING_CONFIRMATION\" aria-live=\"polite\">Awaiting confirmation"
     ));
+    // Alice's own page says it is hers.
+    let own = alice.page("/orders/o-busy").await;
+    assert!(
+        own.contains("<p id=\"holder\" aria-live=\"polite\">You are paying this order since ")
+            && own.contains("(as op-alice)"),
+        "{own}"
+    );
 
     // Bob follows it live from what his page showed, to the outcome.
     let after = page

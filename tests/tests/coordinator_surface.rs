@@ -1,7 +1,7 @@
 //! The coordinator serves the `payments.v1` API, gRPC health and reflection on one port, over
 //! real gRPC; health and reflection need no API key, the API does.
 
-use integration_tests::coordinator::TestEnv;
+use integration_tests::coordinator::{ADMIN, OPERATOR, REVIEWER, SERVICE, TestEnv};
 use payments_proto::v1::{self as pb, payment_coordinator_client::PaymentCoordinatorClient};
 use tokio_stream::StreamExt;
 use tonic_health::pb::{
@@ -61,11 +61,33 @@ async fn serves_api_health_and_reflection_on_one_port() {
     );
 
     // The coordinator's own API requires a key.
-    let status = PaymentCoordinatorClient::new(channel)
+    let status = PaymentCoordinatorClient::new(channel.clone())
         .get_payments_status(pb::GetPaymentsStatusRequest {})
         .await
         .expect_err("no key");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = PaymentCoordinatorClient::new(channel)
+        .get_caller(pb::GetCallerRequest {})
+        .await
+        .expect_err("no key");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // GetCaller: every role may ask who its own key is.
+    for (id, role) in [
+        (OPERATOR, pb::CallerRole::Operator),
+        (REVIEWER, pb::CallerRole::Reviewer),
+        (SERVICE, pb::CallerRole::Service),
+        (ADMIN, pb::CallerRole::Admin),
+    ] {
+        let caller = replica
+            .client(id)
+            .await
+            .get_caller(pb::GetCallerRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"))
+            .into_inner();
+        assert_eq!((caller.id.as_str(), caller.role()), (id, role));
+    }
 
     replica.stop().await;
     env.cleanup().await;

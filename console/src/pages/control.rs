@@ -33,7 +33,7 @@ pub async fn pause(
     session: Session,
     Form(input): Form<Control>,
 ) -> Response {
-    if let Some(refused) = check_csrf(&session, &input.csrf_token) {
+    if let Some(refused) = check_csrf(&state, &session, &input.csrf_token).await {
         return refused;
     }
     let result = match state.client(&session) {
@@ -54,7 +54,7 @@ pub async fn resume(
     session: Session,
     Form(input): Form<Control>,
 ) -> Response {
-    if let Some(refused) = check_csrf(&session, &input.csrf_token) {
+    if let Some(refused) = check_csrf(&state, &session, &input.csrf_token).await {
         return refused;
     }
     let result = match state.client(&session) {

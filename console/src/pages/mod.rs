@@ -41,26 +41,22 @@ pub async fn chrome<'a>(state: &AppState, session: &'a Session, back: String) ->
 }
 
 /// A POST whose CSRF token is missing or not the session's gets this (403): the handler
-/// returns it before doing anything.
-pub fn check_csrf(session: &Session, token: &str) -> Option<Response> {
+/// returns it before doing anything. The page keeps the layout (status banner, nav): the session
+/// itself is valid, only this form is not.
+pub async fn check_csrf(state: &AppState, session: &Session, token: &str) -> Option<Response> {
     if session.csrf_matches(token) {
-        None
-    } else {
-        tracing::warn!("form refused: missing or wrong CSRF token");
-        Some(forbidden())
+        return None;
     }
-}
-
-/// The 403 page of a refused form.
-pub fn forbidden() -> Response {
+    tracing::warn!("form refused: missing or wrong CSRF token");
+    let chrome = chrome(state, session, "/pay".to_owned()).await;
     let body = views::page(
         "Form refused",
-        None,
+        Some(&chrome),
         Some(errors::CSRF_REFUSED),
         None,
         html! { p { a href="/pay" { "Back to the console" } } },
     );
-    (StatusCode::FORBIDDEN, body).into_response()
+    Some((StatusCode::FORBIDDEN, body).into_response())
 }
 
 /// A page with only an error under its title (an order that cannot be read…).

@@ -54,8 +54,13 @@ fn declined(order: &pb::Order) -> Option<String> {
     })
 }
 
-pub fn holder_text(operator: &str, since: &str) -> String {
-    format!("{operator} is paying this order since {since}")
+/// Who holds the order, in words; "You" when it is the signed-in key (`me`).
+pub fn holder_text(me: Option<&str>, operator: &str, since: &str) -> String {
+    if me == Some(operator) {
+        format!("You are paying this order since {since} (as {operator})")
+    } else {
+        format!("{operator} is paying this order since {since}")
+    }
 }
 
 /// Every event of the order up to `last_sequence` (the stream stays open past it: stop there).
@@ -126,7 +131,13 @@ pub async fn show(
         Some(&chrome),
         busy.as_deref(),
         Some(&live_url),
-        content(&order, &events, &path),
+        content(
+            &order,
+            &events,
+            &path,
+            session.caller_id(),
+            session.may(&[pb::CallerRole::Reviewer, pb::CallerRole::Admin]),
+        ),
     );
     (StatusCode::OK, body).into_response()
 }
@@ -136,10 +147,16 @@ fn money_text(m: Option<&pb::Money>) -> String {
         .unwrap_or_default()
 }
 
-fn content(order: &pb::Order, events: &[pb::OrderEvent], path: &str) -> Markup {
+fn content(
+    order: &pb::Order,
+    events: &[pb::OrderEvent],
+    path: &str,
+    me: Option<&str>,
+    may_refund: bool,
+) -> Markup {
     let state = order.state();
-    let holder =
-        in_flight(order).map(|a| holder_text(&a.operator_id, &views::time(a.started_at.as_ref())));
+    let holder = in_flight(order)
+        .map(|a| holder_text(me, &a.operator_id, &views::time(a.started_at.as_ref())));
     let declined = declined(order);
     html! {
         p id="order-state" data-state=(views::state_name(state)) aria-live="polite" {
@@ -153,9 +170,13 @@ fn content(order: &pb::Order, events: &[pb::OrderEvent], path: &str) -> Markup {
                 " \u{b7} refunded " (money_text(order.refunded.as_ref()))
             }
         }
-        p id="refund-slot" data-refund-url=(format!("{path}/refund")) {
-            @if state == pb::OrderState::Paid {
-                a id="refund-link" href=(format!("{path}/refund")) { "Refund this order" }
+        // Refunds are a reviewer's or an admin's: no link (nor a slot for the live page to add
+        // one) for other roles.
+        @if may_refund {
+            p id="refund-slot" data-refund-url=(format!("{path}/refund")) {
+                @if state == pb::OrderState::Paid {
+                    a id="refund-link" href=(format!("{path}/refund")) { "Refund this order" }
+                }
             }
         }
         @if !order.items.is_empty() {

@@ -188,7 +188,7 @@ pub async fn submit(
     session: Session,
     Form(input): Form<PayForm>,
 ) -> Response {
-    if let Some(refused) = check_csrf(&session, &input.csrf_token) {
+    if let Some(refused) = check_csrf(&state, &session, &input.csrf_token).await {
         return refused;
     }
     let words: String = match request(&input) {

@@ -119,7 +119,7 @@ pub async fn submit(
     Path(order_id): Path<String>,
     Form(input): Form<RefundForm>,
 ) -> Response {
-    if let Some(refused) = check_csrf(&session, &input.csrf_token) {
+    if let Some(refused) = check_csrf(&state, &session, &input.csrf_token).await {
         return refused;
     }
     let path = format!("/orders/{}/refund", path_segment(&order_id));

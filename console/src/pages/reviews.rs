@@ -204,7 +204,7 @@ pub async fn resolve(
     Path(order_id): Path<String>,
     Form(input): Form<Resolve>,
 ) -> Response {
-    if let Some(refused) = check_csrf(&session, &input.csrf_token) {
+    if let Some(refused) = check_csrf(&state, &session, &input.csrf_token).await {
         return refused;
     }
     let result = match request(&order_id, &input) {

@@ -57,19 +57,31 @@ pub async fn submit(
     Form(input): Form<SignIn>,
 ) -> Response {
     let api_key = input.api_key.trim().to_owned();
+    // `GetCaller` checks the key and says who it is; a coordinator without it (an older
+    // release) still checks the key with `GetPaymentsStatus`, and the session's role stays
+    // unknown (every form offered, the API refusing what the role may not do).
     let accepted = match state.client_for(&api_key) {
-        Ok(client) if !api_key.is_empty() => client
-            .client()
-            .get_payments_status(pb::GetPaymentsStatusRequest {})
-            .await
-            .map(|_| ()),
+        Ok(client) if !api_key.is_empty() => {
+            match client.client().get_caller(pb::GetCallerRequest {}).await {
+                Ok(caller) => Ok(Some(caller.into_inner())),
+                Err(status) if status.code() == tonic::Code::Unimplemented => client
+                    .client()
+                    .get_payments_status(pb::GetPaymentsStatusRequest {})
+                    .await
+                    .map(|_| None),
+                Err(status) => Err(status),
+            }
+        }
         Ok(_) => Err(tonic::Status::unauthenticated("no key")),
         Err(status) => Err(status),
     };
     match accepted {
-        Ok(()) => {
-            tracing::info!("signed in");
-            let session = Session::new(api_key);
+        Ok(caller) => {
+            tracing::info!(
+                caller = caller.as_ref().map_or("?", |c| c.id.as_str()),
+                "signed in"
+            );
+            let session = Session::new(api_key, caller);
             let jar = jar.add(session.cookie(state.secure_cookie));
             (jar, Redirect::to("/pay")).into_response()
         }
@@ -100,11 +112,12 @@ pub struct SignOut {
 }
 
 pub async fn sign_out(
+    State(state): State<AppState>,
     session: Session,
     jar: PrivateCookieJar,
     Form(input): Form<SignOut>,
 ) -> Response {
-    if let Some(refused) = check_csrf(&session, &input.csrf_token) {
+    if let Some(refused) = check_csrf(&state, &session, &input.csrf_token).await {
         return refused;
     }
     tracing::info!("signed out");

@@ -112,3 +112,18 @@ pub fn order(o: &OrderRecord) -> pb::Order {
         refunds: o.refunds.iter().map(refund).collect(),
     }
 }
+
+/// Who an API key identifies, as `GetCaller` answers it.
+pub fn caller(c: &crate::auth::Caller) -> pb::Caller {
+    use crate::auth::Role;
+    let role = match c.role {
+        Role::Operator => pb::CallerRole::Operator,
+        Role::Reviewer => pb::CallerRole::Reviewer,
+        Role::Service => pb::CallerRole::Service,
+        Role::Admin => pb::CallerRole::Admin,
+    };
+    pb::Caller {
+        id: c.id.clone(),
+        role: role.into(),
+    }
+}

@@ -120,4 +120,12 @@ impl PaymentCoordinator for Coordinator {
     ) -> Result<Response<pb::PaymentsStatus>, Status> {
         Ok(self.get_payments_status_impl(request).await?)
     }
+
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> Result<Response<pb::Caller>, Status> {
+        let caller = payments::caller(&request)?;
+        Ok(Response::new(convert::caller(&caller)))
+    }
 }

@@ -130,6 +130,12 @@ impl Store {
                 Ok(Some(row)) => {
                     let order = order_from_row(&row)?;
                     let attempt = attempt_from_row(&row)?;
+                    // On this statement's own span (traced). Without traces that span is
+                    // disabled and `current()` is the caller's, which records the attempt itself.
+                    let span = tracing::Span::current();
+                    if span.metadata().map(|m| m.name()) == Some("pg.begin_attempt") {
+                        span.record("attempt", attempt.number);
+                    }
                     tracing::info!(
                         order_id = %new.order_id,
                         attempt = attempt.number,
