@@ -1,16 +1,10 @@
 //! Amounts typed in major units (`12.50` EUR) into integer minor units (1250) and back, with
-//! exact integer arithmetic and the currency's ISO 4217 exponent: never floats.
+//! exact integer arithmetic and the currency's ISO 4217 exponent: never floats. A form's amount
+//! is always major units (`12` is 12.00), where payctl reads a bare integer as minor units.
 
-/// Digits after the decimal point of a currency (ISO 4217 "minor unit"); 2 unless listed.
-pub fn exponent(currency: &str) -> u32 {
-    match currency.to_ascii_uppercase().as_str() {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        "CLF" | "UYW" => 4,
-        _ => 2,
-    }
-}
+// One table of currency exponents and one display format, payctl's: the console and the CLI
+// never disagree on what 1250 JPY or 1.234 KWD is.
+pub use payctl::money::{exponent, format};
 
 /// `12.50`, `12.5` or `12` (major units) into minor units of `currency`; the message says what
 /// is wrong in words. The coordinator checks the range; this refuses what is not an amount.
@@ -59,11 +53,6 @@ pub fn major(amount_minor: i64, currency: &str) -> String {
         abs % scale,
         width = exp as usize
     )
-}
-
-/// `1250, "EUR"` → `12.50 EUR`.
-pub fn format(amount_minor: i64, currency: &str) -> String {
-    format!("{} {currency}", major(amount_minor, currency))
 }
 
 #[cfg(test)]
