@@ -85,19 +85,15 @@ fn failure(status: &tonic::Status) -> Event {
         .data(errors::describe(status))
 }
 
-/// The follower's events as SSE messages named `name`, id'd by `position`.
-fn events(
-    follower: Follower,
-    name: &'static str,
-    position: fn(&pb::OrderEvent) -> i64,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+/// The feed follower's events as `feed` messages, id'd by their global position.
+fn feed_events(follower: Follower) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(Some(follower), move |follower| async move {
         let mut follower = follower?;
         match follower.next().await {
             Ok(Some(event)) => {
                 let message = Event::default()
-                    .event(name)
-                    .id(position(&event).to_string())
+                    .event("feed")
+                    .id(event.global_sequence.to_string())
                     .data(event_json(&event, None).to_string());
                 Some((Ok(message), Some(follower)))
             }
@@ -201,7 +197,7 @@ pub async fn feed(
         return refused(status);
     }
     let stop = state.shutdown.clone().cancelled_owned();
-    Sse::new(events(follower, "feed", |e| e.global_sequence).take_until(stop))
+    Sse::new(feed_events(follower).take_until(stop))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

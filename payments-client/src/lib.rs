@@ -130,16 +130,11 @@ impl WatchClient {
         &self,
         after_global_sequence: i64,
     ) -> Result<Streaming<pb::OrderEvent>, Status> {
-        let request = pb::WatchEventsRequest {
+        self.open_events(pb::WatchEventsRequest {
             after_global_sequence,
             last: 0,
-        };
-        Ok(self
-            .client
-            .clone()
-            .watch_events(request)
-            .await?
-            .into_inner())
+        })
+        .await
     }
 
     /// One `WatchEvents` stream starting with at most the `last` newest events (`last` above 0),
@@ -148,10 +143,17 @@ impl WatchClient {
         &self,
         last: i64,
     ) -> Result<Streaming<pb::OrderEvent>, Status> {
-        let request = pb::WatchEventsRequest {
+        self.open_events(pb::WatchEventsRequest {
             after_global_sequence: 0,
             last,
-        };
+        })
+        .await
+    }
+
+    async fn open_events(
+        &self,
+        request: pb::WatchEventsRequest,
+    ) -> Result<Streaming<pb::OrderEvent>, Status> {
         Ok(self
             .client
             .clone()
